@@ -1,0 +1,1 @@
+"""Data layer: fastMRI HDF5 -> samples (transforms, file checks, demo data)."""

@@ -1,0 +1,347 @@
+"""Low-resolution acquisition simulation from HR k-space (batched, device-agnostic).
+
+The forward model follows the T2Net / MINet line of joint reconstruction +
+super-resolution work:
+
+1. HR per-coil complex images ``x`` on the HR grid ``(H, W)`` (for fastMRI the
+   320x320 centre crop) are Fourier transformed: ``K = fft2c(x)``.
+2. k-space truncation: the centred ``(H/s, W/s)`` block of ``K`` is the
+   k-space a scanner with an s-times coarser matrix would acquire. Under the
+   orthonormal FFT truncation scales image intensities by ``s`` (more exactly
+   ``sqrt(HW / hw)``); :func:`crop_kspace` multiplies by ``sqrt(hw / HW)`` so that
+   intensities are preserved (a flat region keeps its value).
+3. The truncated k-space is undersampled with a mask drawn **on the LR grid**
+   (what the scanner acquires), with optional complex Gaussian noise.
+
+Images are combined over coils by root-sum-of-squares, which for one coil is
+the magnitude: one rule for single-coil (``reconstruction_esc``) and
+multi-coil (``reconstruction_rss``) data.
+
+Shapes: images are returned with a channel dimension, ``(B, 1, H, W)``;
+k-space keeps the coil dimension, ``(B, C, h, w)``.
+
+Speed: for even grids the centring shifts are folded away. With ``F =
+fft2(x)`` (unshifted), the centred LR k-space is ``a * S ⊙ G`` where ``G`` is
+the wrapped low-frequency corner block of ``F`` (a small gather), ``S`` a
++-1 sign pattern and ``a = sqrt(hw/HW)``; the LR image is then
+``a * M ⊙ ifft2(G)`` with ``M = (-1)^(i+j)``. The sign patterns only touch
+LR-sized data, are folded into the mask multiply, and vanish under magnitude
+and RSS. Odd grids take the exact general path through :func:`fft2c`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .fft import as_complex, checkerboard, fft2c, ifft2c
+
+__all__ = [
+    "Degraded",
+    "KSpaceDegradation",
+    "SUPPORTED_SCALES",
+    "lr_shape_for",
+    "crop_kspace",
+    "pad_kspace",
+    "sinc_upsample",
+    "rss",
+    "data_consistency",
+]
+
+#: Scales the package supports: ICONet upsamples in x2 stages.
+SUPPORTED_SCALES = (2, 4, 8)
+
+
+def check_scale(scale: int) -> int:
+    """Validate a super-resolution factor (2, 4 or 8)."""
+    if isinstance(scale, bool) or int(scale) != scale or int(scale) not in SUPPORTED_SCALES:
+        raise ValueError(
+            f"unsupported scale {scale!r}: ICONet upsamples in x2 stages, so the scale must be "
+            f"one of {SUPPORTED_SCALES}"
+        )
+    return int(scale)
+
+
+def lr_shape_for(hr_shape: Sequence[int], scale: int) -> Tuple[int, int]:
+    """LR grid ``(H/s, W/s)`` for an HR grid ``(H, W)``; a clear error if s does not divide it."""
+    scale = check_scale(scale)
+    h, w = int(hr_shape[-2]), int(hr_shape[-1])
+    if h % scale or w % scale:
+        raise ValueError(
+            f"HR grid {h}x{w} is not divisible by the scale {scale}: choose an HR crop whose "
+            f"height and width are multiples of {scale} (e.g. {h - h % scale}x{w - w % scale})"
+        )
+    return h // scale, w // scale
+
+
+def _crop_start(full: int, part: int) -> int:
+    # Keep the DC sample (index full // 2) at the DC position of the crop (part // 2).
+    return full // 2 - part // 2
+
+
+def _intensity_factor(small: Tuple[int, int], large: Tuple[int, int]) -> float:
+    return math.sqrt((small[0] * small[1]) / (large[0] * large[1]))
+
+
+def crop_kspace(kspace: torch.Tensor, shape: Tuple[int, int]) -> torch.Tensor:
+    """Intensity-preserving k-space truncation ``A``: centred crop times ``sqrt(hw / HW)``.
+
+    Args:
+        kspace: centred k-space ``(..., H, W)``.
+        shape: target grid ``(h, w)``, at most ``(H, W)``.
+
+    Returns:
+        ``(..., h, w)``; ``ifft2c`` of it has the intensity of ``ifft2c(kspace)``.
+    """
+    big = (kspace.shape[-2], kspace.shape[-1])
+    h, w = shape
+    if h > big[0] or w > big[1]:
+        raise ValueError(f"cannot crop k-space of size {big} to the larger size {(h, w)}")
+    r0, c0 = _crop_start(big[0], h), _crop_start(big[1], w)
+    return kspace[..., r0 : r0 + h, c0 : c0 + w] * _intensity_factor((h, w), big)
+
+
+def pad_kspace(kspace: torch.Tensor, shape: Tuple[int, int]) -> torch.Tensor:
+    """Adjoint ``Aᴴ`` of :func:`crop_kspace`: centred zero-padding times ``sqrt(hw / HW)``.
+
+    ``<crop_kspace(x), y> == <x, pad_kspace(y)>`` holds exactly; note that
+    ``crop_kspace(pad_kspace(y)) == (hw / HW) * y`` (``A Aᴴ = a² I``).
+    """
+    small = (kspace.shape[-2], kspace.shape[-1])
+    H, W = shape
+    if H < small[0] or W < small[1]:
+        raise ValueError(f"cannot zero-pad k-space of size {small} to the smaller size {(H, W)}")
+    out = kspace.new_zeros(*kspace.shape[:-2], H, W)
+    r0, c0 = _crop_start(H, small[0]), _crop_start(W, small[1])
+    out[..., r0 : r0 + small[0], c0 : c0 + small[1]] = kspace * _intensity_factor(small, (H, W))
+    return out
+
+
+def sinc_upsample(image: torch.Tensor, shape: Tuple[int, int]) -> torch.Tensor:
+    """Intensity-preserving zero-padding ("sinc") interpolation of complex images to ``shape``."""
+    small = (image.shape[-2], image.shape[-1])
+    factor = 1.0 / _intensity_factor(small, shape) ** 2
+    return ifft2c(pad_kspace(fft2c(image), shape) * factor)
+
+
+def rss(coil_images: torch.Tensor, dim: int = 1, keepdim: bool = True) -> torch.Tensor:
+    """Root-sum-of-squares over coils (the magnitude for one coil)."""
+    if coil_images.is_complex():
+        power = torch.view_as_real(coil_images).pow(2).sum(-1)
+    else:
+        power = coil_images.pow(2)
+    return power.sum(dim=dim, keepdim=keepdim).sqrt()
+
+
+def data_consistency(
+    image: torch.Tensor,
+    measured: torch.Tensor,
+    mask: torch.Tensor,
+    lam: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """k-space data consistency of a complex image against measured LR samples.
+
+    The image may live on a finer grid than the measurements (a later ICONet
+    stage): then the measured block is the intensity-preserving crop ``A``
+    of its k-space, and the correction is applied through the adjoint pair
+    (:func:`crop_kspace`, :func:`pad_kspace`).
+
+    Args:
+        image: complex image ``(B, C, H', W')``.
+        measured: centred measured LR k-space ``(B, C, h, w)`` (zero where not sampled).
+        mask: sampling mask broadcastable to ``(B, C, h, w)``, 1 where acquired.
+        lam: ``None`` for hard DC (measured samples replace the estimate where
+            ``mask == 1``); otherwise a non-negative tensor ``λ`` for soft DC,
+            ``k <- k + mask * λ / (1 + λ) * (y - k)`` (``λ -> ∞`` is hard DC).
+
+    Returns:
+        The corrected complex image, same shape as ``image``.
+    """
+    grid = (image.shape[-2], image.shape[-1])
+    lr = (measured.shape[-2], measured.shape[-1])
+    kspace = fft2c(image)
+    mask = mask.to(torch.float32)
+    if grid == lr:
+        residual = mask * (measured - kspace)
+        weight = 1.0 if lam is None else lam / (1.0 + lam)
+        return ifft2c(kspace + weight * residual)
+    a2 = _intensity_factor(lr, grid) ** 2
+    residual = mask * (measured - crop_kspace(kspace, lr))
+    weight = 1.0 if lam is None else lam / (1.0 + lam)
+    return ifft2c(kspace + pad_kspace(weight * residual, grid) / a2)
+
+
+@dataclass
+class Degraded:
+    """Everything the degradation produces for one batch.
+
+    Images are ``(B, 1, ·, ·)`` float (RSS over coils); k-space is ``(B, C, h, w)`` complex.
+    """
+
+    hr_target: torch.Tensor
+    lr_kspace: torch.Tensor
+    lr_clean: torch.Tensor
+    lr_observed: torch.Tensor
+    lr_input: torch.Tensor
+    mask: torch.Tensor
+    stage_targets: List[torch.Tensor]
+    scale: int
+    lr_input_complex: Optional[torch.Tensor] = None
+    lr_clean_complex: Optional[torch.Tensor] = None
+
+    @property
+    def rec_targets(self) -> List[torch.Tensor]:
+        """Targets of the reconstruction prior at each stage's input grid.
+
+        Stage 1 works on the LR grid (``lr_clean``); stage k > 1 on the grid of
+        stage k-1's output, whose artifact-free image is ``stage_targets[k-2]``.
+        """
+        return [self.lr_clean] + list(self.stage_targets[:-1])
+
+
+def _wrapped_index(part: int, full: int, device: torch.device) -> torch.Tensor:
+    # Row/column indices of the centred low-frequency block inside an unshifted spectrum.
+    return (torch.arange(part, device=device) - part // 2) % full
+
+
+class KSpaceDegradation(nn.Module):
+    """Simulate an LR, undersampled acquisition from HR coil images (batched).
+
+    Args:
+        scale: super-resolution factor s (2, 4 or 8); the LR grid is ``(H/s, W/s)``.
+        mask_func: a mask function from :func:`iconet_fastmri.masks.create_mask`,
+            used when ``forward`` gets no mask (one draw per batch element).
+            ``None`` with no mask passed means fully sampled LR k-space.
+        noise_std: standard deviation of complex Gaussian noise added to each
+            acquired LR k-space sample (per real/imaginary part, in the units
+            of the intensity-preserving LR k-space).
+    """
+
+    def __init__(
+        self,
+        scale: int,
+        mask_func: Optional[Callable] = None,
+        noise_std: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.scale = check_scale(scale)
+        self.mask_func = mask_func
+        if noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+        self.noise_std = float(noise_std)
+
+    @property
+    def num_stages(self) -> int:
+        return int(round(math.log2(self.scale)))
+
+    def _draw_masks(self, batch: int, lr: Tuple[int, int], device: torch.device) -> torch.Tensor:
+        if self.mask_func is None:
+            return torch.ones(batch, 1, *lr, device=device)
+        masks = [torch.as_tensor(self.mask_func(lr)[0], dtype=torch.float32) for _ in range(batch)]
+        return torch.stack([m.expand(*lr) for m in masks]).unsqueeze(1).to(device)
+
+    @staticmethod
+    def _normalise_mask(mask: torch.Tensor, batch: int, lr: Tuple[int, int]) -> torch.Tensor:
+        mask = torch.as_tensor(mask).to(torch.float32)
+        if mask.dim() == 2:
+            mask = mask.unsqueeze(0)
+        if mask.dim() == 3:
+            mask = mask.unsqueeze(1)
+        if mask.dim() != 4 or mask.shape[-2:] != torch.Size(lr) and not (
+            mask.shape[-2] in (1, lr[0]) and mask.shape[-1] in (1, lr[1])
+        ):
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} does not fit the LR grid {lr} "
+                f"(expected (h, w), (B, h, w) or (B, 1, h, w))"
+            )
+        return mask.expand(batch, 1, *lr)
+
+    def forward(self, hr_images: torch.Tensor, mask: Optional[torch.Tensor] = None) -> Degraded:
+        """Degrade a batch.
+
+        Args:
+            hr_images: HR per-coil complex images ``(B, C, H, W)``.
+            mask: optional LR-grid mask ``(h, w)``, ``(B, h, w)`` or ``(B, 1, h, w)``.
+
+        Returns:
+            :class:`Degraded`.
+        """
+        if hr_images.dim() != 4:
+            raise ValueError(
+                f"hr_images must be (B, C, H, W) complex, got shape {tuple(hr_images.shape)}"
+            )
+        x = as_complex(hr_images)
+        batch, coils, H, W = x.shape
+        lr = lr_shape_for((H, W), self.scale)
+        if mask is None:
+            mask = self._draw_masks(batch, lr, x.device)
+        else:
+            mask = self._normalise_mask(mask.to(x.device), batch, lr)
+
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            hr_target = rss(x)
+            grids = [(H // 2**k, W // 2**k) for k in range(self.num_stages, -1, -1)]
+            all_even = all(g[0] % 2 == 0 and g[1] % 2 == 0 for g in grids)
+            if all_even:
+                out = self._fast(x, mask, lr, grids)
+            else:
+                out = self._general(x, mask, lr, grids)
+        lr_kspace, lr_clean_c, lr_observed, lr_input_c, stage_targets = out
+        stage_targets.append(hr_target)
+        single = coils == 1
+        return Degraded(
+            hr_target=hr_target,
+            lr_kspace=lr_kspace,
+            lr_clean=rss(lr_clean_c),
+            lr_observed=lr_observed,
+            lr_input=rss(lr_input_c),
+            mask=mask,
+            stage_targets=stage_targets,
+            scale=self.scale,
+            lr_input_complex=lr_input_c if single else None,
+            lr_clean_complex=lr_clean_c if single else None,
+        )
+
+    def _noise(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.randn_like(like) * self.noise_std  # complex randn: var split over re/im
+
+    def _fast(self, x, mask, lr, grids):
+        H, W = x.shape[-2:]
+        spectrum = torch.fft.fft2(x, norm="ortho")  # unshifted: the FFT floor
+        dev = x.device
+
+        def low_block(g):
+            rows = _wrapped_index(g[0], H, dev).view(-1, 1)
+            cols = _wrapped_index(g[1], W, dev).view(1, -1)
+            return spectrum[..., rows, cols] * _intensity_factor(g, (H, W))
+
+        # LR: G holds the centred LR samples up to the sign pattern S.
+        block = low_block(lr)
+        sign_k = checkerboard(lr[0], lr[1], dev, signed=True)  # S
+        sign_x = checkerboard(lr[0], lr[1], dev)  # M
+        observed_block = block * mask
+        if self.noise_std > 0:
+            observed_block = observed_block + mask * self._noise(block)
+        lr_kspace = block * sign_k
+        lr_observed = observed_block * sign_k
+        lr_clean_c = torch.fft.ifft2(block, norm="ortho") * sign_x
+        lr_input_c = torch.fft.ifft2(observed_block, norm="ortho") * sign_x
+        stage_targets = []
+        for g in grids[1:-1]:  # intermediate stage outputs (x4: the x2 grid)
+            stage_targets.append(rss(torch.fft.ifft2(low_block(g), norm="ortho")))
+        return lr_kspace, lr_clean_c, lr_observed, lr_input_c, stage_targets
+
+    def _general(self, x, mask, lr, grids):
+        kspace = fft2c(x)
+        lr_kspace = crop_kspace(kspace, lr)
+        lr_observed = lr_kspace * mask
+        if self.noise_std > 0:
+            lr_observed = lr_observed + mask * self._noise(lr_kspace)
+        lr_clean_c = ifft2c(lr_kspace)
+        lr_input_c = ifft2c(lr_observed)
+        stage_targets = [rss(ifft2c(crop_kspace(kspace, g))) for g in grids[1:-1]]
+        return lr_kspace, lr_clean_c, lr_observed, lr_input_c, stage_targets

@@ -1,0 +1,154 @@
+"""Centred, orthonormal 2D FFTs on native complex tensors.
+
+Conventions (the single source of truth for the whole package):
+
+* The transforms act on the last two dimensions ``(..., H, W)``.
+* "Centred" means the zero frequency sits at index ``(H // 2, W // 2)`` in
+  k-space and the image origin at ``(H // 2, W // 2)`` in image space, i.e.
+  ``fft2c(x) = fftshift(fft2(ifftshift(x)))`` exactly as in
+  :func:`fastmri.fft2c`.
+* ``norm="ortho"``: the transforms are unitary, so ``||fft2c(x)|| == ||x||``.
+* Inputs are native complex tensors. fastMRI's real view (last dim 2) only
+  appears at the boundary, through :func:`to_real_view` / :func:`from_real_view`.
+* The transforms always compute in complex64 (or complex128 for double
+  input), also under autocast: half-precision cuFFT only accepts power-of-two
+  sizes and fastMRI matrices (640x368, 320x320, ...) are not.
+
+Speed: for an even size N, ``ifftshift``/``fftshift`` are both a roll by N/2,
+and a roll by N/2 in one domain is a modulation by ``(-1)^n`` in the other.
+Hence, for even H and W,
+
+    fft2c(x) = s * M ⊙ fft2(M ⊙ x),   M[i, j] = (-1)^(i + j),
+    s = (-1)^(H/2 + W/2),
+
+which replaces the two copying rolls by two multiplications with a cached
+sign pattern (the global sign ``s`` is folded into one of them). Odd sizes
+take the exact roll-based general path. :mod:`iconet_fastmri.degradation`
+goes further and folds the sign pattern into the crop and the mask multiply.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+
+__all__ = [
+    "fft2c",
+    "ifft2c",
+    "to_real_view",
+    "from_real_view",
+    "checkerboard",
+    "as_complex",
+]
+
+_CHECKERBOARD_CACHE: Dict[Tuple[int, int, str, torch.dtype, bool], torch.Tensor] = {}
+
+
+def as_complex(x: torch.Tensor) -> torch.Tensor:
+    """Return ``x`` as complex64/complex128 (real input gets a zero imaginary part).
+
+    Half-precision complex (complex32) and real bf16/fp16 are promoted to
+    complex64, which is what the FFTs run in.
+    """
+    if x.is_complex():
+        if x.dtype == torch.complex32:
+            return x.to(torch.complex64)
+        return x
+    if x.dtype == torch.float64:
+        return x.to(torch.complex128)
+    return x.to(torch.float32).to(torch.complex64)
+
+
+def checkerboard(
+    h: int, w: int, device: torch.device, dtype: torch.dtype = torch.float32, signed: bool = False
+) -> torch.Tensor:
+    """The sign pattern ``(-1)^(i + j)`` of shape ``(h, w)`` (cached per device).
+
+    Args:
+        h, w: grid size.
+        device: device of the pattern.
+        dtype: real dtype of the pattern.
+        signed: multiply by the global sign ``(-1)^(h/2 + w/2)`` of the
+            centred transform (only meaningful for even ``h`` and ``w``).
+    """
+    key = (h, w, str(device), dtype, signed)
+    pattern = _CHECKERBOARD_CACHE.get(key)
+    if pattern is None:
+        i = torch.arange(h, device=device).view(h, 1)
+        j = torch.arange(w, device=device).view(1, w)
+        parity = (i + j) % 2
+        if signed and ((h // 2 + w // 2) % 2 == 1):
+            parity = 1 - parity
+        pattern = (1 - 2 * parity).to(dtype)
+        if len(_CHECKERBOARD_CACHE) > 64:
+            _CHECKERBOARD_CACHE.clear()
+        _CHECKERBOARD_CACHE[key] = pattern
+    return pattern
+
+
+def _modulate(x: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    # Multiply a complex tensor by a real +-1 pattern through the real view:
+    # one pass over the data, no complex promotion of the pattern.
+    real = torch.view_as_real(x)
+    return torch.view_as_complex(real * pattern.unsqueeze(-1))
+
+
+def _centred(x: torch.Tensor, inverse: bool) -> torch.Tensor:
+    x = as_complex(x)
+    h, w = x.shape[-2], x.shape[-1]
+    transform = torch.fft.ifft2 if inverse else torch.fft.fft2
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        if h % 2 == 0 and w % 2 == 0:
+            real_dtype = torch.float64 if x.dtype == torch.complex128 else torch.float32
+            plain = checkerboard(h, w, x.device, real_dtype)
+            signed = checkerboard(h, w, x.device, real_dtype, signed=True)
+            x = _modulate(x.contiguous(), plain)
+            y = transform(x, dim=(-2, -1), norm="ortho")
+            return _modulate(y, signed)
+        # General (odd-size) path: exact shifts, as numpy/fastMRI define them.
+        x = torch.fft.ifftshift(x, dim=(-2, -1))
+        y = transform(x, dim=(-2, -1), norm="ortho")
+        return torch.fft.fftshift(y, dim=(-2, -1))
+
+
+def fft2c(x: torch.Tensor) -> torch.Tensor:
+    """Centred orthonormal 2D FFT over the last two dimensions.
+
+    Args:
+        x: complex image(s), shape ``(..., H, W)``. Real input is treated as a
+            real-valued image.
+
+    Returns:
+        Centred k-space, complex, shape ``(..., H, W)``; equals
+        ``fastmri.fft2c`` on the real view to float32 rounding.
+    """
+    return _centred(x, inverse=False)
+
+
+def ifft2c(x: torch.Tensor) -> torch.Tensor:
+    """Centred orthonormal 2D inverse FFT over the last two dimensions.
+
+    Args:
+        x: centred k-space, complex, shape ``(..., H, W)``.
+
+    Returns:
+        Complex image(s), shape ``(..., H, W)``; equals ``fastmri.ifft2c``.
+    """
+    return _centred(x, inverse=True)
+
+
+def to_real_view(x: torch.Tensor) -> torch.Tensor:
+    """Native complex ``(...,)`` -> fastMRI real view ``(..., 2)`` (a copy-free view)."""
+    if not x.is_complex():
+        raise TypeError(f"to_real_view expects a complex tensor, got dtype {x.dtype}")
+    return torch.view_as_real(x)
+
+
+def from_real_view(x: torch.Tensor) -> torch.Tensor:
+    """fastMRI real view ``(..., 2)`` -> native complex ``(...,)``."""
+    if x.shape[-1] != 2:
+        raise ValueError(
+            f"from_real_view expects a last dimension of size 2 (real, imag), got shape {tuple(x.shape)}"
+        )
+    return torch.view_as_complex(x.contiguous())
