@@ -1,0 +1,196 @@
+"""Per-slice CPU transform for :class:`fastmri.data.SliceDataset`.
+
+It turns one raw fastMRI slice into a fixed-size, batchable sample; the
+FFT-heavy degradation then runs batched on the device
+(:class:`iconet_fastmri.degradation.KSpaceDegradation`).
+
+Steps (per slice, in a data loader worker):
+
+1. validate the k-space (dimensions, complex dtype, finite, not all zero);
+2. per-coil centred inverse FFT (:func:`iconet_fastmri.fft.ifft2c`);
+3. complex centre crop to the HR grid (default 320x320), with fastMRI's
+   ``center_crop`` convention (start ``(N - n) // 2``), which is how the
+   files' ``reconstruction_esc`` / ``reconstruction_rss`` are defined; the
+   RSS of these images is the HR target;
+4. optionally (training) a random HR patch aligned to the scale;
+5. draw the undersampling mask on the LR grid ``(H/s, W/s)``: with the seed
+   :func:`iconet_fastmri.masks.mask_seed` ``(fname, slice)`` when
+   ``use_seed`` (validation/test: identical every epoch, run and rank), or
+   from the mask function's RNG (training).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..degradation import lr_shape_for
+from ..fft import ifft2c
+from ..masks import mask_seed
+
+__all__ = ["IconetSample", "IconetDataTransform", "check_kspace", "center_crop_2d"]
+
+
+class IconetSample(NamedTuple):
+    """One slice, ready to batch.
+
+    Attributes:
+        hr_images: HR per-coil complex images ``(C, H, W)`` complex64 (C = 1 for singlecoil).
+        mask: LR-grid sampling mask ``(1, H/s, W/s)`` float32, 1 = acquired.
+        target: the file's own target cropped to the HR grid ``(H, W)`` float32,
+            or an empty tensor when the file has none (test/challenge files).
+        fname: file name (no folder).
+        slice_num: slice index in the volume.
+        max_value: the volume's target maximum (file attribute ``max``; NaN if absent).
+        num_low_frequencies: fully sampled centre columns of the mask.
+    """
+
+    hr_images: torch.Tensor
+    mask: torch.Tensor
+    target: torch.Tensor
+    fname: str
+    slice_num: int
+    max_value: float
+    num_low_frequencies: int
+
+
+def check_kspace(kspace: Any, fname: str, slice_num: int, key: str = "kspace") -> np.ndarray:
+    """Validate one raw k-space slice; a clear error names the file, slice and problem.
+
+    Returns:
+        The k-space as a complex ``(C, H, W)`` array (a singlecoil slice gets C = 1).
+    """
+    where = f"{fname!s}, slice {slice_num}, dataset {key!r}"
+    if kspace is None:
+        raise ValueError(f"{where}: no k-space")
+    kspace = np.asarray(kspace)
+    if not np.iscomplexobj(kspace):
+        raise TypeError(f"{where}: k-space must be complex, got dtype {kspace.dtype}")
+    if kspace.ndim == 2:
+        kspace = kspace[None]
+    elif kspace.ndim != 3:
+        raise ValueError(
+            f"{where}: k-space slice must be (H, W) singlecoil or (coils, H, W) multicoil, "
+            f"got shape {kspace.shape}"
+        )
+    finite = np.isfinite(kspace)
+    if not finite.all():
+        bad = int((~finite).sum())
+        kind = "NaN" if np.isnan(kspace).any() else "Inf"
+        raise ValueError(f"{where}: k-space holds {bad} non-finite ({kind}) values")
+    if not np.any(kspace):
+        raise ValueError(f"{where}: k-space is all zeros")
+    return kspace
+
+
+def center_crop_2d(x: torch.Tensor, shape: Tuple[int, int]) -> torch.Tensor:
+    """Centre crop of the last two dims, fastMRI convention (start ``(N - n) // 2``)."""
+    h, w = x.shape[-2], x.shape[-1]
+    ch, cw = shape
+    if ch > h or cw > w:
+        raise ValueError(f"crop {ch}x{cw} is larger than the image {h}x{w}")
+    r0, c0 = (h - ch) // 2, (w - cw) // 2
+    return x[..., r0 : r0 + ch, c0 : c0 + cw]
+
+
+class IconetDataTransform:
+    """``transform`` for :class:`fastmri.data.SliceDataset` producing :class:`IconetSample`.
+
+    Args:
+        scale: super-resolution factor s (the mask is drawn on ``hr_crop / s``).
+        mask_func: mask function from :func:`iconet_fastmri.masks.create_mask`
+            (``None``: fully sampled LR k-space).
+        hr_crop: HR grid ``(H, W)``; fastMRI's reconstructions are 320x320.
+        use_seed: draw masks with the per-(file, slice) seed (validation/test).
+        patch_size: optional random HR patch ``(ph, pw)`` cut from the HR grid
+            for training (multiples of the scale); ignored when ``use_seed``.
+        seed: seed of the patch-position RNG (reseeded per worker like the masks).
+    """
+
+    def __init__(
+        self,
+        scale: int,
+        mask_func: Optional[Callable] = None,
+        hr_crop: Sequence[int] = (320, 320),
+        use_seed: bool = True,
+        patch_size: Optional[Sequence[int]] = None,
+        seed: Optional[int] = None,
+    ) -> None:
+        self.hr_crop = (int(hr_crop[0]), int(hr_crop[1]))
+        self.lr_shape = lr_shape_for(self.hr_crop, scale)
+        self.scale = int(scale)
+        self.mask_func = mask_func
+        self.use_seed = use_seed
+        self.patch_size: Optional[Tuple[int, int]] = None
+        if patch_size is not None:
+            ph, pw = int(patch_size[0]), int(patch_size[1])
+            lr_shape_for((ph, pw), scale)
+            if ph > self.hr_crop[0] or pw > self.hr_crop[1]:
+                raise ValueError(f"patch_size {ph}x{pw} is larger than hr_crop {self.hr_crop}")
+            self.patch_size = (ph, pw)
+        self.rng = np.random.RandomState(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Reseed the training randomness (mask and patch position) of this worker."""
+        self.rng.seed(seed & 0xFFFFFFFF)
+        if self.mask_func is not None and hasattr(self.mask_func, "reseed"):
+            self.mask_func.reseed(seed)
+
+    def __call__(
+        self,
+        kspace: np.ndarray,
+        mask: Optional[np.ndarray],
+        target: Optional[np.ndarray],
+        attrs: Dict[str, Any],
+        fname: str,
+        slice_num: int,
+    ) -> IconetSample:
+        kspace = check_kspace(kspace, fname, slice_num)
+        images = ifft2c(torch.from_numpy(kspace.astype(np.complex64, copy=False)))
+        h, w = images.shape[-2:]
+        if self.hr_crop[0] > h or self.hr_crop[1] > w:
+            raise ValueError(
+                f"{fname}, slice {slice_num}: hr_crop {self.hr_crop[0]}x{self.hr_crop[1]} is larger "
+                f"than the image {h}x{w} reconstructed from its k-space"
+            )
+        hr_images = center_crop_2d(images, self.hr_crop)
+
+        if target is not None:
+            target_t = torch.from_numpy(np.asarray(target, dtype=np.float32))
+            if target_t.shape[-2] >= self.hr_crop[0] and target_t.shape[-1] >= self.hr_crop[1]:
+                target_t = center_crop_2d(target_t, self.hr_crop)
+            else:  # the file's target is smaller than our grid: not comparable
+                target_t = torch.empty(0)
+        else:
+            target_t = torch.empty(0)
+
+        lr_shape = self.lr_shape
+        if self.patch_size is not None and not self.use_seed:
+            ph, pw = self.patch_size
+            s = self.scale
+            r0 = s * self.rng.randint(0, (self.hr_crop[0] - ph) // s + 1)
+            c0 = s * self.rng.randint(0, (self.hr_crop[1] - pw) // s + 1)
+            hr_images = hr_images[..., r0 : r0 + ph, c0 : c0 + pw]
+            if target_t.numel():
+                target_t = target_t[..., r0 : r0 + ph, c0 : c0 + pw]
+            lr_shape = (ph // s, pw // s)
+
+        if self.mask_func is None:
+            lr_mask, num_low = torch.ones(lr_shape), lr_shape[1]
+        else:
+            seed = mask_seed(fname, slice_num) if self.use_seed else None
+            lr_mask, num_low = self.mask_func(lr_shape, seed=seed)
+            lr_mask = torch.as_tensor(lr_mask, dtype=torch.float32).expand(*lr_shape)
+
+        max_value = float(attrs.get("max", float("nan"))) if attrs else float("nan")
+        return IconetSample(
+            hr_images=hr_images.contiguous(),
+            mask=lr_mask.reshape(1, *lr_shape).contiguous(),
+            target=target_t.contiguous(),
+            fname=str(fname),
+            slice_num=int(slice_num),
+            max_value=max_value,
+            num_low_frequencies=int(num_low),
+        )

@@ -1,0 +1,191 @@
+"""Up-front checks of fastMRI HDF5 files, with errors that name the file.
+
+fastmri's :class:`~fastmri.data.SliceDataset` opens every entry of a folder
+in its constructor and fails on a bad one with h5py/lxml errors that do not
+say which file broke. We check the files first and raise
+:class:`FastMRIFileError` naming the file, the key and the problem.
+"""
+
+from __future__ import annotations
+
+import logging
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+import h5py
+import numpy as np
+
+__all__ = [
+    "FastMRIFileError",
+    "validate_fastmri_file",
+    "list_fastmri_files",
+    "DEFAULT_MAX_SLICE_ELEMENTS",
+    "ISMRMRD_NS",
+]
+
+log = logging.getLogger(__name__)
+
+ISMRMRD_NS = "http://www.ismrm.org/ISMRMRD"
+#: Largest k-space slice (coils x rows x columns) accepted by default: 2**26
+#: complex samples = 512 MiB of complex64, far above any fastMRI slice (16 x 640 x 400).
+DEFAULT_MAX_SLICE_ELEMENTS = 2**26
+
+_HEADER_FIELDS = (
+    ("encoding", "encodedSpace", "matrixSize", "x"),
+    ("encoding", "encodedSpace", "matrixSize", "y"),
+    ("encoding", "reconSpace", "matrixSize", "x"),
+    ("encoding", "reconSpace", "matrixSize", "y"),
+    ("encoding", "encodingLimits", "kspace_encoding_step_1", "center"),
+    ("encoding", "encodingLimits", "kspace_encoding_step_1", "maximum"),
+)
+
+
+class FastMRIFileError(ValueError):
+    """A fastMRI HDF5 file that cannot be used; ``path`` names it."""
+
+    def __init__(self, path: Union[str, Path], problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def _header_int(root: ET.Element, parts: Sequence[str]) -> int:
+    node: Optional[ET.Element] = root
+    for part in parts:
+        node = node.find(f"{{{ISMRMRD_NS}}}{part}") if node is not None else None
+    if node is None or node.text is None:
+        raise KeyError("/".join(parts))
+    return int(node.text.strip())
+
+
+def _check_header(path: Path, raw: bytes) -> Tuple[int, int]:
+    try:
+        root = ET.fromstring(raw)
+    except ET.ParseError as err:
+        raise FastMRIFileError(path, f"dataset 'ismrmrd_header' is not valid XML ({err})") from err
+    values = []
+    for parts in _HEADER_FIELDS:
+        try:
+            values.append(_header_int(root, parts))
+        except KeyError:
+            raise FastMRIFileError(
+                path, f"dataset 'ismrmrd_header' lacks the field {'/'.join(parts)}"
+            ) from None
+        except ValueError:
+            raise FastMRIFileError(
+                path, f"dataset 'ismrmrd_header' field {'/'.join(parts)} is not an integer"
+            ) from None
+    return values[2], values[3]
+
+
+def validate_fastmri_file(
+    path: Union[str, Path],
+    challenge: Optional[str] = None,
+    max_slice_elements: int = DEFAULT_MAX_SLICE_ELEMENTS,
+) -> Tuple[int, Tuple[int, ...]]:
+    """Check that ``path`` is a usable fastMRI raw-data file.
+
+    Checks: exists, non-empty, HDF5 signature, opens, has ``kspace`` of a
+    complex dtype with ``(slices, H, W)`` (singlecoil) or
+    ``(slices, coils, H, W)`` (multicoil) dimensions and a slice size below
+    ``max_slice_elements`` (checked from the metadata, before any read),
+    the last slice is readable (catches truncation), and ``ismrmrd_header``
+    parses with the fields fastmri reads. A missing ``reconstruction_*`` is
+    fine: the HR target comes from k-space.
+
+    Returns:
+        ``(num_slices, kspace_shape)``.
+
+    Raises:
+        FileNotFoundError, FastMRIFileError: naming the file and the problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise FastMRIFileError(path, "file is empty (0 bytes)")
+    if not h5py.is_hdf5(str(path)):
+        raise FastMRIFileError(path, "not an HDF5 file (no HDF5 signature)")
+    try:
+        hf = h5py.File(path, "r")
+    except OSError as err:
+        raise FastMRIFileError(path, f"cannot be opened, truncated or corrupt HDF5 ({err})") from err
+    with hf:
+        if "kspace" not in hf:
+            raise FastMRIFileError(path, f"missing dataset 'kspace' (has {sorted(hf.keys())})")
+        ds = hf["kspace"]
+        if not isinstance(ds, h5py.Dataset):
+            raise FastMRIFileError(path, "'kspace' is not a dataset")
+        shape = tuple(int(n) for n in ds.shape)
+        if not np.issubdtype(ds.dtype, np.complexfloating):
+            raise FastMRIFileError(path, f"dataset 'kspace' must be complex, got dtype {ds.dtype}")
+        expected = {"singlecoil": 3, "multicoil": 4}.get(challenge or "", None)
+        if expected is None:
+            ok = len(shape) in (3, 4)
+        else:
+            ok = len(shape) == expected
+        if not ok:
+            want = f"{expected}" if expected else "3 or 4"
+            raise FastMRIFileError(
+                path,
+                f"dataset 'kspace' has shape {shape}; expected {want} dimensions "
+                f"((slices, H, W) singlecoil or (slices, coils, H, W) multicoil)",
+            )
+        if shape[0] < 1 or any(n < 1 for n in shape):
+            raise FastMRIFileError(path, f"dataset 'kspace' has an empty shape {shape}")
+        per_slice = int(np.prod(shape[1:]))
+        if per_slice > max_slice_elements:
+            raise FastMRIFileError(
+                path,
+                f"dataset 'kspace' declares shape {shape}: {per_slice} samples per slice exceed "
+                f"the limit of {max_slice_elements} (max_slice_elements); refusing to read it",
+            )
+        try:
+            ds[shape[0] - 1, ..., :1, :]
+        except (OSError, ValueError, RuntimeError) as err:
+            raise FastMRIFileError(
+                path, f"dataset 'kspace' cannot be read, the file is truncated or corrupt ({err})"
+            ) from err
+        if "ismrmrd_header" not in hf:
+            raise FastMRIFileError(path, "missing dataset 'ismrmrd_header'")
+        try:
+            raw = hf["ismrmrd_header"][()]
+        except (OSError, ValueError, RuntimeError) as err:
+            raise FastMRIFileError(path, f"dataset 'ismrmrd_header' cannot be read ({err})") from err
+        if isinstance(raw, np.ndarray):
+            raw = raw.tobytes() if raw.dtype.kind in "SVu" else bytes(raw.item())
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8")
+        _check_header(path, raw)
+    return shape[0], shape
+
+
+def list_fastmri_files(
+    root: Union[str, Path],
+    challenge: Optional[str] = None,
+    skip_bad_files: bool = False,
+    max_slice_elements: int = DEFAULT_MAX_SLICE_ELEMENTS,
+) -> List[Path]:
+    """The valid ``*.h5`` files of a folder, sorted.
+
+    Other entries are ignored (fastmri's SliceDataset would crash on them).
+    A bad file raises :class:`FastMRIFileError`, or with ``skip_bad_files`` is
+    skipped with a warning that names it.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} does not exist")
+    good: List[Path] = []
+    for path in sorted(root.glob("*.h5")):
+        try:
+            validate_fastmri_file(path, challenge, max_slice_elements)
+        except FastMRIFileError as err:
+            if not skip_bad_files:
+                raise
+            log.warning("skipping bad fastMRI file %s", err)
+            continue
+        good.append(path)
+    if not good:
+        raise FileNotFoundError(f"data folder {root} holds no usable fastMRI .h5 files")
+    return good

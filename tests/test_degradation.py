@@ -1,0 +1,204 @@
+"""LR acquisition simulation against independent numpy / fastmri references."""
+
+import numpy as np
+import pytest
+import torch
+
+import fastmri
+from iconet_fastmri.degradation import (
+    KSpaceDegradation,
+    crop_kspace,
+    data_consistency,
+    lr_shape_for,
+    pad_kspace,
+    sinc_upsample,
+)
+from iconet_fastmri.fft import fft2c, ifft2c, to_real_view
+from iconet_fastmri.masks import create_mask
+
+
+def _images(b, c, h, w, seed=0, dtype=torch.complex64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, c, h, w, dtype=dtype, generator=g)
+
+
+def _np_centred(x, inverse=False):
+    f = np.fft.ifft2 if inverse else np.fft.fft2
+    ax = (-2, -1)
+    return np.fft.fftshift(f(np.fft.ifftshift(x, axes=ax), axes=ax, norm="ortho"), axes=ax)
+
+
+def _np_reference(x, mask, scale):
+    """Independent numpy implementation of the forward model."""
+    x = x.numpy().astype(np.complex128)
+    H, W = x.shape[-2:]
+    h, w = H // scale, W // scale
+    k = _np_centred(x)
+    r0, c0 = H // 2 - h // 2, W // 2 - w // 2
+    lr_k = k[..., r0 : r0 + h, c0 : c0 + w] * np.sqrt(h * w / (H * W))
+    obs = lr_k * mask.numpy()
+    clean = np.sqrt((np.abs(_np_centred(lr_k, True)) ** 2).sum(1, keepdims=True))
+    zf = np.sqrt((np.abs(_np_centred(obs, True)) ** 2).sum(1, keepdims=True))
+    hr = np.sqrt((np.abs(x) ** 2).sum(1, keepdims=True))
+    return lr_k, obs, clean, zf, hr
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("coils", [1, 4])
+@pytest.mark.parametrize("grid", [(32, 40), (24, 36), (12, 20)])
+def test_matches_numpy_reference(scale, coils, grid):
+    H, W = grid
+    if H % scale or W % scale:
+        pytest.skip("grid not divisible")
+    x = _images(3, coils, H, W)
+    lr = lr_shape_for(grid, scale)
+    mask = (torch.rand(3, 1, *lr, generator=torch.Generator().manual_seed(1)) > 0.4).float()
+    out = KSpaceDegradation(scale)(x, mask)
+    lr_k, obs, clean, zf, hr = _np_reference(x, mask, scale)
+    np.testing.assert_allclose(out.lr_kspace.numpy(), lr_k, atol=2e-6)
+    np.testing.assert_allclose(out.lr_observed.numpy(), obs, atol=2e-6)
+    np.testing.assert_allclose(out.lr_clean.numpy(), clean, atol=2e-6)
+    np.testing.assert_allclose(out.lr_input.numpy(), zf, atol=2e-6)
+    np.testing.assert_allclose(out.hr_target.numpy(), hr, atol=2e-6)
+    assert out.stage_targets[-1] is out.hr_target
+    assert len(out.stage_targets) == (1 if scale == 2 else 2)
+    if coils == 1:
+        np.testing.assert_allclose(
+            out.lr_input_complex.numpy(), _np_centred(obs, inverse=True), atol=2e-6
+        )
+    else:
+        assert out.lr_input_complex is None
+
+
+def test_hr_target_equals_fastmri_rss_and_abs():
+    x = _images(2, 5, 16, 16)
+    out = KSpaceDegradation(2)(x)
+    ref = fastmri.rss_complex(to_real_view(x), dim=1)
+    assert torch.allclose(out.hr_target[:, 0], ref, atol=1e-6)
+    single = KSpaceDegradation(2)(x[:, :1])
+    assert torch.allclose(single.hr_target[:, 0], fastmri.complex_abs(to_real_view(x[:, 0])), atol=1e-6)
+
+
+def test_x4_intermediate_target_is_cut_from_the_same_kspace():
+    x = _images(2, 3, 32, 24)
+    out = KSpaceDegradation(4)(x)
+    mid = out.stage_targets[0]
+    assert mid.shape == (2, 1, 16, 12)
+    _, _, clean2, _, _ = _np_reference(x, torch.ones(1), 2)
+    np.testing.assert_allclose(mid.numpy(), clean2, atol=2e-6)
+    assert [t.shape[-2:] for t in out.rec_targets] == [(8, 6), (16, 12)]
+    assert out.rec_targets[0] is out.lr_clean
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_intensity_is_preserved(scale):
+    x = torch.full((2, 1, 16, 24), 2.5 - 1.0j, dtype=torch.complex64)
+    out = KSpaceDegradation(scale)(x)
+    expected = abs(2.5 - 1.0j)
+    assert torch.allclose(out.lr_clean, torch.full_like(out.lr_clean, expected), atol=1e-5)
+    assert torch.allclose(out.hr_target, torch.full_like(out.hr_target, expected), atol=1e-5)
+    for t in out.stage_targets:
+        assert torch.allclose(t, torch.full_like(t, expected), atol=1e-5)
+    up = sinc_upsample(out.lr_clean_complex, (16, 24))
+    assert torch.allclose(up, x, atol=1e-5)
+
+
+@pytest.mark.parametrize("big,small", [((16, 24), (8, 12)), ((15, 9), (5, 3)), ((12, 20), (3, 5))])
+def test_crop_pad_adjoint(big, small):
+    x = _images(2, 3, *big, seed=2, dtype=torch.complex128)
+    y = _images(2, 3, *small, seed=3, dtype=torch.complex128)
+    lhs = torch.vdot(crop_kspace(x, small).flatten(), y.flatten())
+    rhs = torch.vdot(x.flatten(), pad_kspace(y, big).flatten())
+    assert torch.allclose(lhs, rhs, rtol=1e-12, atol=1e-12)
+    a2 = (small[0] * small[1]) / (big[0] * big[1])
+    assert torch.allclose(crop_kspace(pad_kspace(y, big), small), a2 * y)
+
+
+def test_fast_path_equals_general_path():
+    x = _images(2, 3, 32, 48, seed=4)
+    deg = KSpaceDegradation(4)
+    mask = (torch.rand(2, 1, 8, 12) > 0.5).float()
+    grids = [(8, 12), (16, 24), (32, 48)]
+    fast = deg._fast(x, mask, (8, 12), grids)
+    general = deg._general(x, mask, (8, 12), grids)
+    for a, b in zip(fast[:4], general[:4]):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert torch.allclose(fast[4][0], general[4][0], atol=1e-6)
+
+
+def test_odd_lr_grid_uses_exact_general_path():
+    x = _images(1, 2, 12, 20, seed=5)  # x4 -> 3 x 5 LR grid
+    mask = torch.ones(1, 1, 3, 5)
+    out = KSpaceDegradation(4)(x, mask)
+    _, _, clean, _, _ = _np_reference(x, mask, 4)
+    np.testing.assert_allclose(out.lr_clean.numpy(), clean, atol=2e-6)
+
+
+def test_batched_equals_per_sample_and_mask_func():
+    x = _images(3, 2, 16, 16, seed=6)
+    deg = KSpaceDegradation(2, mask_func=create_mask("random", accelerations=[4], seed=0))
+    out = deg(x)
+    assert out.mask.shape == (3, 1, 8, 8)
+    for i in range(3):
+        single = KSpaceDegradation(2)(x[i : i + 1], out.mask[i])
+        assert torch.allclose(single.lr_input, out.lr_input[i : i + 1], atol=1e-6)
+
+
+def test_noise_only_on_acquired_samples():
+    torch.manual_seed(0)
+    x = _images(4, 1, 64, 64, seed=7)
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., ::2] = 1
+    clean = KSpaceDegradation(2)(x, mask)
+    noisy = KSpaceDegradation(2, noise_std=0.1)(x, mask)
+    diff = noisy.lr_observed - clean.lr_observed
+    assert diff[..., 1::2].abs().max() == 0
+    std = diff[..., ::2].abs().pow(2).mean().sqrt()
+    assert std == pytest.approx(0.1, rel=0.05)
+
+
+def test_size_and_scale_errors():
+    with pytest.raises(ValueError, match=r"30x32 is not divisible by the scale 4"):
+        KSpaceDegradation(4)(_images(1, 1, 30, 32))
+    with pytest.raises(ValueError, match=r"unsupported scale 3"):
+        KSpaceDegradation(3)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        KSpaceDegradation(2)(torch.zeros(8, 8, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="does not fit the LR grid"):
+        KSpaceDegradation(2)(_images(1, 1, 8, 8), torch.ones(3, 3))
+
+
+@pytest.mark.parametrize("grid", [(8, 12), (16, 24)])
+def test_hard_and_soft_data_consistency(grid):
+    lr = (8, 12)
+    g = torch.Generator().manual_seed(8)
+    measured_full = torch.randn(2, 1, *lr, dtype=torch.complex64, generator=g)
+    mask = (torch.rand(2, 1, *lr, generator=g) > 0.5).float()
+    measured = measured_full * mask
+    image = torch.randn(2, 1, *grid, dtype=torch.complex64, generator=g)
+    out = data_consistency(image, measured, mask)
+    k_lr = crop_kspace(fft2c(out), lr)
+    sampled = mask.bool().expand_as(k_lr)
+    assert torch.allclose(k_lr[sampled], measured[sampled], atol=1e-5)
+    # Unsampled LR samples and everything outside the LR block are untouched.
+    k_before = crop_kspace(fft2c(image), lr)
+    assert torch.allclose(k_lr[~sampled], k_before[~sampled], atol=1e-5)
+    if grid != lr:
+        outside = fft2c(out) - fft2c(image)
+        outside_lr = pad_kspace(crop_kspace(outside, lr), grid) / (lr[0] * lr[1] / (grid[0] * grid[1]))
+        assert torch.allclose(outside, outside_lr, atol=1e-5)
+    # Soft DC: lambda = 0 leaves the image alone, a huge lambda is hard DC.
+    assert torch.allclose(data_consistency(image, measured, mask, torch.tensor(0.0)), image, atol=1e-5)
+    assert torch.allclose(data_consistency(image, measured, mask, torch.tensor(1e8)), out, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    x = _images(2, 4, 32, 32)
+    mask = (torch.rand(2, 1, 16, 16) > 0.5).float()
+    cpu = KSpaceDegradation(2)(x, mask)
+    gpu = KSpaceDegradation(2)(x.cuda(), mask.cuda())
+    for name in ("lr_kspace", "lr_clean", "lr_observed", "lr_input", "hr_target"):
+        assert torch.allclose(getattr(cpu, name), getattr(gpu, name).cpu(), atol=1e-5), name
+    assert torch.allclose(fft2c(x), fft2c(x.cuda()).cpu(), atol=1e-4)
+    assert torch.allclose(ifft2c(x), ifft2c(x.cuda()).cpu(), atol=1e-4)
