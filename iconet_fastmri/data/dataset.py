@@ -1,0 +1,238 @@
+"""fastmri's :class:`~fastmri.data.SliceDataset` with validated files and a safe cache.
+
+:class:`IconetSliceDataset` *is* a ``fastmri.data.SliceDataset``: it reuses
+fastmri's header parsing (``_retrieve_metadata``) and slice reading
+(``__getitem__``, which calls our transform with ``(kspace, mask, target,
+attrs, fname, slice_num)``), and works with fastmri's ``VolumeSampler``.
+Only the constructor is ours, because fastmri's:
+
+* opens every entry of the folder, so a stray or corrupt file crashes it
+  with an error that does not name the file: we list ``*.h5`` only and
+  check each file first (:mod:`iconet_fastmri.data.validation`), raising or,
+  with ``skip_bad_files``, skipping with a warning that names it;
+* pickles its cache to ``dataset_cache.pkl`` in the current directory and
+  unpickles whatever it finds there: our cache is JSON (nothing in it can
+  execute), lives in a per-user folder created with mode 0700
+  (``$XDG_CACHE_HOME/iconet_fastmri`` or ``~/.cache/iconet_fastmri``), is
+  keyed by the resolved data path and challenge, re-checks each file's size
+  and modification time, and is rebuilt with a warning when it cannot be read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+from fastmri.data import SliceDataset
+from fastmri.data.mri_data import FastMRIRawDataSample
+
+from .validation import DEFAULT_MAX_SLICE_ELEMENTS, FastMRIFileError, validate_fastmri_file
+
+__all__ = ["IconetSliceDataset", "default_cache_dir"]
+
+log = logging.getLogger(__name__)
+
+_CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """Per-user cache folder: ``$XDG_CACHE_HOME/iconet_fastmri`` or ``~/.cache/iconet_fastmri``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "iconet_fastmri"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _restore_metadata(meta: Dict[str, Any]) -> Dict[str, Any]:
+    meta = dict(meta)
+    for key in ("encoding_size", "recon_size"):
+        if key in meta and isinstance(meta[key], list):
+            meta[key] = tuple(meta[key])
+    return meta
+
+
+def _progress(iterable, total: int, desc: str):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with Lightning
+        return iterable
+    return tqdm(iterable, total=total, desc=desc, unit="file", leave=False, disable=total < 2)
+
+
+class IconetSliceDataset(SliceDataset):
+    """A fastmri ``SliceDataset`` over the validated ``*.h5`` files of folder(s).
+
+    Args:
+        root: a folder of fastMRI HDF5 files, or a list of folders/files.
+        challenge: ``"singlecoil"`` or ``"multicoil"`` (selects the target key).
+        transform: called as fastmri does, ``transform(kspace, mask, target, attrs, fname, slice_num)``.
+        use_dataset_cache: read/write the per-user JSON cache of file metadata.
+        cache_dir: cache folder (default :func:`default_cache_dir`).
+        sample_rate: fraction of slices to keep (random, see ``sample_seed``).
+        volume_sample_rate: fraction of volumes to keep (exclusive with ``sample_rate``).
+        skip_bad_files: skip files that fail validation (warning naming them) instead of raising.
+        max_slice_elements: refuse files whose k-space slice is larger than this.
+        raw_sample_filter: optional filter on fastmri ``FastMRIRawDataSample`` (applied on every load).
+        sample_seed: seed of the slice/volume subsampling (deterministic across ranks).
+    """
+
+    def __init__(
+        self,
+        root: Union[str, Path, Sequence[Union[str, Path]]],
+        challenge: str,
+        transform: Optional[Callable] = None,
+        use_dataset_cache: bool = True,
+        cache_dir: Optional[Union[str, Path]] = None,
+        sample_rate: Optional[float] = None,
+        volume_sample_rate: Optional[float] = None,
+        skip_bad_files: bool = False,
+        max_slice_elements: int = DEFAULT_MAX_SLICE_ELEMENTS,
+        raw_sample_filter: Optional[Callable] = None,
+        sample_seed: int = 0,
+    ) -> None:
+        if challenge not in ("singlecoil", "multicoil"):
+            raise ValueError(f"challenge must be 'singlecoil' or 'multicoil', got {challenge!r}")
+        if sample_rate is not None and volume_sample_rate is not None:
+            raise ValueError("set sample_rate (slices) or volume_sample_rate (volumes), not both")
+        for name, rate in (("sample_rate", sample_rate), ("volume_sample_rate", volume_sample_rate)):
+            if rate is not None and not 0 < rate <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {rate}")
+        # Attributes fastmri's SliceDataset methods rely on.
+        self.transform = transform
+        self.recons_key = "reconstruction_esc" if challenge == "singlecoil" else "reconstruction_rss"
+        self.challenge = challenge
+        self.raw_sample_filter = raw_sample_filter or (lambda raw_sample: True)
+        self.max_slice_elements = max_slice_elements
+        self.dataset_cache_file = None  # fastmri's pickle cache is never used
+
+        files = self._list_files(root)
+        cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        cache = self._load_cache(cache_dir, root) if use_dataset_cache else {}
+        entries: Dict[str, Any] = {}
+        self.skipped_files: List[Path] = []
+        self.raw_samples: List[FastMRIRawDataSample] = []
+        for path in _progress(files, len(files), f"scanning {challenge} files"):
+            stat = path.stat()
+            key = str(path.resolve())
+            hit = cache.get(key)
+            if hit and hit.get("size") == stat.st_size and hit.get("mtime_ns") == stat.st_mtime_ns:
+                num_slices, metadata = int(hit["num_slices"]), _restore_metadata(hit["metadata"])
+            else:
+                try:
+                    validate_fastmri_file(path, challenge, max_slice_elements)
+                    metadata, num_slices = self._retrieve_metadata(path)
+                except FastMRIFileError as err:
+                    if not skip_bad_files:
+                        raise
+                    log.warning("skipping bad fastMRI file: %s", err)
+                    self.skipped_files.append(path)
+                    continue
+                except Exception as err:  # header fields fastmri could not parse
+                    error = FastMRIFileError(path, f"fastmri could not read its metadata ({err!r})")
+                    if not skip_bad_files:
+                        raise error from err
+                    log.warning("skipping bad fastMRI file: %s", error)
+                    self.skipped_files.append(path)
+                    continue
+            entries[key] = {
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "num_slices": num_slices,
+                "metadata": _jsonable(metadata),
+            }
+            for slice_ind in range(num_slices):
+                raw_sample = FastMRIRawDataSample(path, slice_ind, metadata)
+                if self.raw_sample_filter(raw_sample):
+                    self.raw_samples.append(raw_sample)
+        if not self.raw_samples:
+            raise FileNotFoundError(f"no usable {challenge} slices found in {root}")
+        if use_dataset_cache and entries != cache:
+            self._save_cache(cache_dir, root, entries)
+
+        rng = random.Random(sample_seed)
+        if sample_rate is not None and sample_rate < 1:
+            keep = max(1, round(len(self.raw_samples) * sample_rate))
+            indices = sorted(rng.sample(range(len(self.raw_samples)), keep))
+            self.raw_samples = [self.raw_samples[i] for i in indices]
+        elif volume_sample_rate is not None and volume_sample_rate < 1:
+            names = sorted({str(s.fname) for s in self.raw_samples})
+            keep = set(rng.sample(names, max(1, round(len(names) * volume_sample_rate))))
+            self.raw_samples = [s for s in self.raw_samples if str(s.fname) in keep]
+
+    # ------------------------------------------------------------------ files
+    @staticmethod
+    def _list_files(root) -> List[Path]:
+        roots = [root] if isinstance(root, (str, Path)) else list(root)
+        files: List[Path] = []
+        for entry in roots:
+            entry = Path(entry)
+            if entry.is_dir():
+                found = sorted(p for p in entry.glob("*.h5") if p.is_file())
+                if not found:
+                    raise FileNotFoundError(f"data folder {entry} holds no .h5 files")
+                files.extend(found)
+            elif entry.is_file():
+                files.append(entry)
+            else:
+                raise FileNotFoundError(f"data path {entry} does not exist")
+        return files
+
+    def slices_per_volume(self) -> Dict[str, int]:
+        """Number of (kept) slices per file name."""
+        return dict(Counter(Path(s.fname).name for s in self.raw_samples))
+
+    # ------------------------------------------------------------------ cache
+    def _cache_path(self, cache_dir: Path, root) -> Path:
+        roots = [root] if isinstance(root, (str, Path)) else list(root)
+        ident = "|".join(str(Path(r).resolve()) for r in roots) + f"|{self.challenge}"
+        digest = hashlib.sha256(ident.encode("utf-8")).hexdigest()[:24]
+        return cache_dir / f"dataset_{digest}.json"
+
+    def _load_cache(self, cache_dir: Path, root) -> Dict[str, Any]:
+        path = self._cache_path(cache_dir, root)
+        if not path.exists():
+            return {}
+        try:
+            with open(path, "r", encoding="utf-8") as f:
+                data = json.load(f)
+            if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION:
+                raise ValueError("unknown cache format")
+            entries = data["files"]
+            if not isinstance(entries, dict):
+                raise ValueError("bad 'files' entry")
+            return entries
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.warning("dataset cache %s cannot be read (%s); rebuilding it", path, err)
+            return {}
+
+    def _save_cache(self, cache_dir: Path, root, entries: Dict[str, Any]) -> None:
+        try:
+            cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path = self._cache_path(cache_dir, root)
+            fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp_", suffix=".json")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"version": _CACHE_VERSION, "files": entries}, f)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        except OSError as err:  # a read-only home must not stop training
+            log.warning("could not write dataset cache in %s: %s", cache_dir, err)

@@ -1,0 +1,298 @@
+"""Lightning 2 module for ICONet and its baselines (fastMRI style, our own hooks).
+
+fastmri's ``MriModule`` is not used: under Lightning 2 it relies on the
+removed ``validation_epoch_end`` / ``validation_step_end`` hooks. This module
+keeps its own per-volume outputs instead.
+
+Per batch, on the device: :class:`~iconet_fastmri.degradation.KSpaceDegradation`
+turns the HR coil images and LR masks of the batch into the LR input and all
+targets (the FFTs stay in float32 under ``bf16-mixed``), the model runs, and
+:class:`~iconet_fastmri.losses.MultiStageLoss` compares every stage with its
+target in per-slice normalised units.
+
+Validation scores whole volumes with fastmri.evaluate's NMSE/PSNR/SSIM (volume
+max as data range) on the de-normalised SR magnitude against the HR target,
+merges the per-rank results so each volume counts once, and logs ``val/psnr``,
+``val/ssim``, ``val/nmse``, ``val/loss`` and the bicubic-on-zero-filled
+baseline ``val/psnr_bicubic`` (also ``val/ssim_bicubic``, ``val/nmse_bicubic``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_info
+
+from ..data.transforms import IconetSample
+from ..degradation import Degraded, KSpaceDegradation, check_scale
+from ..losses import MultiStageLoss
+from ..metrics import VolumeAccumulator, merge_results, summarize
+from ..models import build_model
+
+__all__ = ["IconetModule"]
+
+log = logging.getLogger(__name__)
+
+ICONET_ARGS = ("width", "blocks_per_stage", "fusion", "block", "data_consistency", "use_rec_branch", "checkpoint_blocks")
+
+
+class IconetModule(pl.LightningModule):
+    """ICONet (or a baseline) trained on k-space-simulated LR acquisitions.
+
+    Args:
+        scale: super-resolution factor (the CLI links it to ``data.scale``).
+        arch: ``"iconet"``, ``"unet_sr"``, ``"t2net_like"``, ``"bicubic"`` or ``"sinc"``.
+        mode: ``"magnitude"`` (1 channel, the paper's setting) or ``"complex"``
+            (2 channels; single-coil only; needed for data consistency).
+        width, blocks_per_stage, fusion, block, data_consistency, use_rec_branch,
+            checkpoint_blocks: ICONet's arguments (see :class:`~iconet_fastmri.models.ICONet`).
+        arch_kwargs: any other constructor arguments of the architecture.
+        lambda_sr, lambda_rec, supervise: the multi-stage loss.
+        lr, betas, weight_decay: Adam.
+        lr_min: end of the cosine decay (over ``trainer.max_epochs``).
+        scheduler: ``"cosine"`` or ``"none"``.
+        noise_std: complex k-space noise added to the acquired LR samples.
+        compile: ``torch.compile`` the model's forward (weights stay under ``model.``).
+        num_log_images: validation slices drawn as image panels per epoch.
+    """
+
+    def __init__(
+        self,
+        scale: int = 2,
+        arch: str = "iconet",
+        mode: str = "magnitude",
+        width: int = 64,
+        blocks_per_stage: int = 4,
+        fusion: str = "adaptive",
+        block: str = "rscfl",
+        data_consistency: str = "none",
+        use_rec_branch: bool = True,
+        checkpoint_blocks: bool = False,
+        arch_kwargs: Optional[Dict[str, Any]] = None,
+        lambda_sr: float = 0.8,
+        lambda_rec: float = 0.2,
+        supervise: str = "all_stages",
+        lr: float = 2e-4,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        lr_min: float = 1e-6,
+        scheduler: str = "cosine",
+        noise_std: float = 0.0,
+        compile: bool = False,
+        num_log_images: int = 1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.scale = check_scale(scale)
+        if mode not in ("magnitude", "complex"):
+            raise ValueError(f"mode must be 'magnitude' or 'complex', got {mode!r}")
+        if scheduler not in ("cosine", "none"):
+            raise ValueError(f"scheduler must be 'cosine' or 'none', got {scheduler!r}")
+        self.in_chans = 1 if mode == "magnitude" else 2
+        kwargs = dict(arch_kwargs or {})
+        if arch == "iconet":
+            local = dict(
+                width=width,
+                blocks_per_stage=blocks_per_stage,
+                fusion=fusion,
+                block=block,
+                data_consistency=data_consistency,
+                use_rec_branch=use_rec_branch,
+                checkpoint_blocks=checkpoint_blocks,
+            )
+            kwargs = {**local, **kwargs}
+        elif data_consistency != "none":
+            raise ValueError(f"data_consistency={data_consistency!r} is an ICONet option; arch is {arch!r}")
+        self.model = build_model(arch, scale=self.scale, in_chans=self.in_chans, **kwargs)
+        self.uses_dc = data_consistency != "none"
+        self.degradation = KSpaceDegradation(self.scale, noise_std=noise_std)
+        self.loss_fn = MultiStageLoss(lambda_sr=lambda_sr, lambda_rec=lambda_rec, supervise=supervise)
+        self._compiled = None
+        self._val_acc: Optional[VolumeAccumulator] = None
+        self._stage_results: Dict[str, Dict[str, Dict[str, float]]] = {}
+
+    # ------------------------------------------------------------------ forward
+    def configure_model(self) -> None:
+        if self.hparams.compile and self._compiled is None:
+            # Kept out of the module tree, so checkpoints keep the plain "model." keys.
+            object.__setattr__(self, "_compiled", torch.compile(self.model))
+
+    def degrade(self, batch: IconetSample) -> Degraded:
+        """Run the batched k-space degradation for a collated batch."""
+        return self.degradation(batch.hr_images, batch.mask)
+
+    def model_input(self, deg: Degraded) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """The network input for this mode, and the DC arguments."""
+        if self.in_chans == 1:
+            x = deg.lr_input
+        else:
+            if deg.lr_input_complex is None:
+                raise ValueError(
+                    "mode='complex' needs single-coil data (one coil image per slice); "
+                    "use mode='magnitude' for multicoil RSS images"
+                )
+            x = torch.cat([deg.lr_input_complex.real, deg.lr_input_complex.imag], dim=1)
+        kwargs = {"measured_kspace": deg.lr_observed, "mask": deg.mask} if self.uses_dc else {}
+        return x, kwargs
+
+    def forward(self, deg: Degraded):
+        x, kwargs = self.model_input(deg)
+        net = self._compiled if self._compiled is not None else self.model
+        out = net(x, **kwargs)
+        if out.norm_scale is None:  # baselines without their own normalisation
+            out.norm_scale = deg.lr_input.mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+        return out
+
+    @staticmethod
+    def magnitude(image: torch.Tensor) -> torch.Tensor:
+        """(B, 1|2, H, W) -> (B, 1, H, W) magnitude."""
+        image = image.float()
+        if image.shape[1] == 2:
+            return image.pow(2).sum(1, keepdim=True).sqrt()
+        return image
+
+    def bicubic(self, deg: Degraded) -> torch.Tensor:
+        """The baseline: bicubic upsampling of the zero-filled LR magnitude."""
+        return F.interpolate(deg.lr_input, scale_factor=self.scale, mode="bicubic", align_corners=False)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: IconetSample, batch_idx: int) -> torch.Tensor:
+        deg = self.degrade(batch)
+        out = self(deg)
+        loss, terms = self.loss_fn(out, deg)
+        bs = deg.hr_target.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        for name, value in terms.items():
+            if name != "total":
+                self.log(f"train/{name}", value, batch_size=bs)
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            return None  # bicubic / sinc: nothing to train
+        hp = self.hparams
+        optimizer = torch.optim.Adam(params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        if hp.scheduler == "none":
+            return optimizer
+        epochs = self.trainer.max_epochs if self.trainer is not None and self.trainer.max_epochs else 1
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs), eta_min=hp.lr_min)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # ------------------------------------------------------------------ evaluation
+    def _expected_slices(self, split: str) -> Dict[str, int]:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "slices_per_volume"):
+            try:
+                return dm.slices_per_volume(split)
+            except Exception:  # pragma: no cover - volumes are then scored at epoch end
+                return {}
+        return {}
+
+    def _eval_step(self, batch: IconetSample, batch_idx: int, prefix: str) -> Dict[str, Any]:
+        deg = self.degrade(batch)
+        out = self(deg)
+        loss, _ = self.loss_fn(out, deg)
+        sr = self.magnitude(out.sr)
+        bicubic = self.bicubic(deg)
+        bs = sr.shape[0]
+        self.log(f"{prefix}/loss", loss, batch_size=bs, sync_dist=True)
+        targets = deg.hr_target[:, 0].float().cpu().numpy()
+        sr_np = sr[:, 0].cpu().numpy()
+        bic_np = bicubic[:, 0].float().cpu().numpy()
+        for i in range(bs):
+            self._val_acc.add(
+                batch.fname[i], int(batch.slice_num[i]), targets[i], {"": sr_np[i], "bicubic": bic_np[i]}
+            )
+        if prefix == "val" and batch_idx == 0:
+            self._log_panels(deg, out, sr)
+        return {"fname": list(batch.fname), "slice_num": batch.slice_num, "reconstruction": sr[:, 0].cpu()}
+
+    def _start_eval(self, split: str) -> None:
+        self._val_acc = VolumeAccumulator(self._expected_slices(split))
+
+    def _end_eval(self, prefix: str) -> Dict[str, float]:
+        results = self._val_acc.finalize()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts: List[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, results)
+            results = merge_results(parts)
+        summary = summarize(results)
+        for name, value in summary.items():
+            self.log(f"{prefix}/{name}", value, prog_bar=name in ("psnr", "ssim"), sync_dist=False)
+        self.log(f"{prefix}/num_volumes", float(len(results)), sync_dist=False)
+        self._stage_results[prefix] = results
+        self._val_acc = None
+        return summary
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval("val")
+
+    def validation_step(self, batch: IconetSample, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_eval("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval("test")
+
+    def test_step(self, batch: IconetSample, batch_idx: int) -> Dict[str, Any]:
+        return self._eval_step(batch, batch_idx, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._end_eval("test")
+
+    def predict_step(self, batch: IconetSample, batch_idx: int, dataloader_idx: int = 0) -> Dict[str, Any]:
+        """HR reconstructions keyed by (file name, slice): ``{"fname", "slice_num", "reconstruction"}``."""
+        deg = self.degrade(batch)
+        sr = self.magnitude(self(deg).sr)
+        return {"fname": list(batch.fname), "slice_num": batch.slice_num.cpu(), "reconstruction": sr[:, 0].cpu()}
+
+    @property
+    def volume_results(self) -> Dict[str, Dict[str, Dict[str, float]]]:
+        """Per-volume metrics of the last validation/test epoch, by stage prefix."""
+        return self._stage_results
+
+    # ------------------------------------------------------------------ images
+    def _log_panels(self, deg: Degraded, out, sr: torch.Tensor) -> None:
+        logger = self.logger
+        if logger is None or self.hparams.num_log_images <= 0 or self.global_rank != 0:
+            return
+        experiment = getattr(logger, "experiment", None)
+        if not hasattr(experiment, "add_image"):  # only TensorBoard draws images
+            return
+        for i in range(min(self.hparams.num_log_images, sr.shape[0])):
+            target = deg.hr_target[i, 0].float()
+            size = target.shape
+            def up(img: torch.Tensor) -> torch.Tensor:
+                return F.interpolate(img[None, None].float(), size=size, mode="nearest")[0, 0]
+            prior = self.magnitude(out.rec_stages[0][i : i + 1])[0, 0] if out.rec_stages else torch.zeros_like(deg.lr_input[i, 0])
+            error = (sr[i, 0] - target).abs()
+            panel = torch.cat([up(deg.lr_input[i, 0]), up(prior), sr[i, 0], target, error], dim=1)
+            panel = (panel / target.max().clamp_min(1e-12)).clamp(0, 1)
+            experiment.add_image(
+                f"val/panel_{i}: LR input | rec prior | SR | HR target | |error|",
+                panel[None].cpu(),
+                global_step=self.global_step,
+            )
+
+    # ------------------------------------------------------------------ report
+    def on_fit_end(self) -> None:
+        metrics = self.trainer.callback_metrics
+        if "val/psnr" not in metrics or "val/psnr_bicubic" not in metrics:
+            return
+        psnr, ssim = float(metrics["val/psnr"]), float(metrics.get("val/ssim", float("nan")))
+        psnr_b, ssim_b = float(metrics["val/psnr_bicubic"]), float(metrics.get("val/ssim_bicubic", float("nan")))
+        verdict = "beats" if psnr > psnr_b else "does NOT beat"
+        rank_zero_info(
+            f"\n[iconet-fastmri] final validation: PSNR {psnr:.2f} dB, SSIM {ssim:.4f} | "
+            f"bicubic on zero-filled: PSNR {psnr_b:.2f} dB, SSIM {ssim_b:.4f} -> "
+            f"{self.hparams.arch} {verdict} the bicubic baseline by {psnr - psnr_b:+.2f} dB"
+        )
