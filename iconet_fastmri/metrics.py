@@ -31,8 +31,9 @@ def volume_metrics(target: np.ndarray, pred: np.ndarray, maxval: Optional[float]
         pred: ``(S, H, W)`` prediction.
         maxval: data range; default the target volume's maximum (fastMRI's choice).
     """
-    target = np.asarray(target, dtype=np.float64)
-    pred = np.asarray(pred, dtype=np.float64)
+    # No dtype change: fastMRI scores the float32 arrays of the files as they are.
+    target = np.asarray(target)
+    pred = np.asarray(pred)
     if target.ndim == 2:
         target, pred = target[None], pred[None]
     if target.shape != pred.shape:

@@ -19,7 +19,9 @@ baseline ``val/psnr_bicubic`` (also ``val/ssim_bicubic``, ``val/nmse_bicubic``).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -60,6 +62,8 @@ class IconetModule(pl.LightningModule):
         noise_std: complex k-space noise added to the acquired LR samples.
         compile: ``torch.compile`` the model's forward (weights stay under ``model.``).
         num_log_images: validation slices drawn as image panels per epoch.
+        volume_metrics_file: if set, rank 0 writes the per-volume metrics of
+            every validation/test epoch there as JSON (``{"stage", "epoch", "volumes"}``).
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class IconetModule(pl.LightningModule):
         noise_std: float = 0.0,
         compile: bool = False,
         num_log_images: int = 1,
+        volume_metrics_file: Optional[str] = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -167,7 +172,7 @@ class IconetModule(pl.LightningModule):
         out = self(deg)
         loss, terms = self.loss_fn(out, deg)
         bs = deg.hr_target.shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
         for name, value in terms.items():
             if name != "total":
                 self.log(f"train/{name}", value, batch_size=bs)
@@ -229,6 +234,13 @@ class IconetModule(pl.LightningModule):
         self.log(f"{prefix}/num_volumes", float(len(results)), sync_dist=False)
         self._stage_results[prefix] = results
         self._val_acc = None
+        path = self.hparams.volume_metrics_file
+        if path and self.global_rank == 0 and not self.trainer.sanity_checking:
+            payload = {"stage": prefix, "epoch": int(self.current_epoch), "summary": summary, "volumes": results}
+            tmp = f"{path}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(payload, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
         return summary
 
     def on_validation_epoch_start(self) -> None:

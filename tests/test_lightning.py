@@ -1,0 +1,151 @@
+"""Lightning module, data module and the real CLI entry point on tiny generated data."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from iconet_fastmri.data.synthetic import write_fastmri_dataset
+from iconet_fastmri.masks import MaskConfig
+from iconet_fastmri.metrics import VolumeAccumulator, volume_metrics
+from iconet_fastmri.pl_modules import IconetDataModule
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "train_iconet_fastmri.py"
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """singlecoil_{train,val} and multicoil_{train,val}, 32x32 HR."""
+    root = tmp_path_factory.mktemp("tiny")
+    for challenge, coils in (("singlecoil", 1), ("multicoil", 3)):
+        write_fastmri_dataset(root / f"{challenge}_train", challenge, num_volumes=2, slices=3,
+                              recon_size=(32, 32), num_coils=coils, seed=10)
+        write_fastmri_dataset(root / f"{challenge}_val", challenge, num_volumes=2, slices=2,
+                              recon_size=(32, 32), num_coils=coils, seed=20, first_index=50)
+    return root
+
+
+def _cli(args, tmp, timeout=600, env=None):
+    cmd = [sys.executable, str(SCRIPT)] + [str(a) for a in args]
+    full_env = dict(os.environ, PYTHONHASHSEED="0", **(env or {}))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp, env=full_env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
+
+
+def _common(data, run_dir, challenge="singlecoil", epochs=2):
+    return [
+        "--seed_everything", 0,
+        "--trainer.accelerator", "cpu", "--trainer.devices", 1,
+        "--trainer.max_epochs", epochs,
+        "--trainer.default_root_dir", run_dir,
+        "--trainer.logger", "pytorch_lightning.loggers.CSVLogger",
+        "--trainer.logger.save_dir", run_dir,
+        "--trainer.log_every_n_steps", 1,
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.num_sanity_val_steps", 0,
+        "--model.width", 8, "--model.blocks_per_stage", 1, "--model.lr", 3e-3,
+        "--data.data_path", data, "--data.challenge", challenge,
+        "--data.scale", 2, "--data.hr_crop", "[32, 32]",
+        "--data.batch_size", 2, "--data.num_workers", 0,
+        "--data.use_dataset_cache", "false",
+    ]
+
+
+def _metrics(run_dir):
+    rows = []
+    for path in Path(run_dir).rglob("metrics.csv"):
+        with open(path) as f:
+            rows += list(csv.DictReader(f))
+    return rows
+
+
+@pytest.mark.parametrize("challenge", ["singlecoil", "multicoil"])
+def test_fit_two_epochs_through_cli(tiny_data, tmp_path, challenge):
+    run = tmp_path / "run"
+    proc = _cli(["fit"] + _common(tiny_data, run, challenge), tmp_path)
+    ckpts = sorted((run / "checkpoints").glob("*.ckpt"))
+    names = [c.name for c in ckpts]
+    assert "last.ckpt" in names and any(n.startswith("best-") for n in names)
+    assert list(run.rglob("config.yaml")), "resolved config not saved"
+    rows = _metrics(run)
+    epoch_loss = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
+    assert len(epoch_loss) == 2 and epoch_loss[1] < epoch_loss[0]
+    val = [r for r in rows if r.get("val/psnr")]
+    assert val and all(np.isfinite(float(r["val/psnr"])) for r in val)
+    assert all(float(r["val/num_volumes"]) == 2 for r in val)
+    assert "bicubic baseline" in proc.stderr + proc.stdout
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 2 * 3  # 6 slices / batch 2 = 3 steps
+
+
+def test_resume_from_last_continues(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    _cli(["fit"] + _common(tiny_data, run, epochs=1), tmp_path)
+    first = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert first["global_step"] == 3
+    _cli(["fit"] + _common(tiny_data, run, epochs=2) + ["--ckpt_path", "last"], tmp_path)
+    second = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert second["global_step"] == 6 and second["epoch"] == 1
+    sched = second["lr_schedulers"][0]
+    assert sched["last_epoch"] == 2  # the cosine schedule kept counting across the resume
+    assert second["optimizer_states"][0]["state"], "optimizer state lost"
+
+
+def test_validation_metrics_equal_fastmri_evaluate():
+    from fastmri import evaluate
+
+    rng = np.random.RandomState(0)
+    target = rng.rand(3, 16, 16).astype(np.float32) * 5
+    pred = target + 0.3 * rng.randn(3, 16, 16).astype(np.float32)
+    ours = volume_metrics(target, pred)
+    assert ours["nmse"] == pytest.approx(float(evaluate.nmse(target, pred)), rel=1e-12)
+    assert ours["psnr"] == pytest.approx(float(evaluate.psnr(target, pred)), rel=1e-12)
+    assert ours["ssim"] == pytest.approx(evaluate.ssim(target, pred).item(), rel=1e-12)
+    acc = VolumeAccumulator({"a.h5": 3})
+    for i in (2, 0, 1):  # any order
+        acc.add("a.h5", i, target[i], {"": pred[i]})
+    assert "a.h5" in acc.results  # scored as soon as complete
+    assert acc.finalize()["a.h5"]["psnr"] == pytest.approx(ours["psnr"], rel=1e-6)
+
+
+def test_validation_masks_identical_across_runs_and_workers(tiny_data):
+    def masks(workers):
+        dm = IconetDataModule(
+            data_path=str(tiny_data), challenge="singlecoil", scale=2, hr_crop=(32, 32),
+            mask=MaskConfig(name="random", accelerations=[4]), batch_size=1, num_workers=workers,
+            use_dataset_cache=False,
+        )
+        dm.setup("validate")
+        return [(b.fname[0], int(b.slice_num[0]), b.mask[0]) for b in dm.val_dataloader()]
+
+    a, b, c = masks(0), masks(0), masks(2)
+    assert [(f, s) for f, s, _ in a] == [(f, s) for f, s, _ in c]
+    assert all(torch.equal(x[2], y[2]) and torch.equal(x[2], z[2]) for x, y, z in zip(a, b, c))
+
+
+def test_ddp_two_processes_match_single_process(tiny_data, tmp_path):
+    """gloo DDP on 2 CPU processes: same per-volume validation metrics, each volume once."""
+    results = {}
+    for devices, strategy in ((1, "auto"), (2, "ddp")):
+        run = tmp_path / f"run{devices}"
+        out = tmp_path / f"volumes{devices}.json"
+        args = ["validate"] + _common(tiny_data, run) + [
+            "--trainer.devices", devices, "--trainer.strategy", strategy,
+            "--model.volume_metrics_file", out,
+        ]
+        _cli(args, tmp_path, env={"OMP_NUM_THREADS": "1"})
+        results[devices] = json.loads(out.read_text())
+    one, two = results[1]["volumes"], results[2]["volumes"]
+    assert sorted(one) == sorted(two) and len(one) == 2
+    for fname in one:
+        assert two[fname]["num_slices"] == one[fname]["num_slices"] == 2
+        for key in ("psnr", "ssim", "nmse", "psnr_bicubic"):
+            assert two[fname][key] == pytest.approx(one[fname][key], rel=1e-5, abs=1e-7)
