@@ -15,17 +15,21 @@ What the CLI adds to Lightning's:
 * the resolved config is saved with every run (``config.yaml`` in the log folder);
 * ``use_distributed_sampler`` is off: the data module gives validation whole
   volumes per rank with fastmri's ``VolumeSampler``;
-* unknown config keys are errors (jsonargparse), never silently ignored.
+* unknown config keys are errors (jsonargparse), never silently ignored;
+* checkpoints (``--ckpt_path``) are loaded with ``weights_only=True`` and
+  checked against :mod:`iconet_fastmri.checkpoints`' allow-list first.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import List, Optional
 
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from .checkpoints import load_checkpoint
 from .pl_modules import IconetDataModule, IconetModule
 
 __all__ = ["IconetCLI", "main"]
@@ -49,11 +53,21 @@ class IconetCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        # A fixed checkpoint folder under the run folder, so that `--ckpt_path last` finds last.ckpt.
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        # A fixed checkpoint folder under the run folder, so that `--ckpt_path last` finds last.ckpt.
         if config.get("checkpoint") is not None and not config["checkpoint"].get("dirpath"):
             root = config["trainer"].get("default_root_dir") or "runs/default"
             config["checkpoint"]["dirpath"] = f"{root}/checkpoints"
+        # Checkpoints are loaded with weights_only=True unless the user says otherwise, and
+        # checked first with our allow-list, so that a crafted file is refused with a clear error.
+        if "weights_only" in config and config.get("weights_only") is None:
+            config["weights_only"] = True
+        ckpt = config.get("ckpt_path")
+        if ckpt and config.get("weights_only", True):
+            if ckpt == "last" and config.get("checkpoint") is not None:
+                ckpt = str(Path(config["checkpoint"]["dirpath"]) / "last.ckpt")
+            if ckpt not in ("best", "last", "hpc", "registry") and Path(ckpt).is_file():
+                load_checkpoint(ckpt)
 
 
 def main(args: Optional[List[str]] = None) -> None:
@@ -62,7 +76,6 @@ def main(args: Optional[List[str]] = None) -> None:
         IconetModule,
         IconetDataModule,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="epoch")]},
         parser_kwargs={"parser_mode": "yaml"},
         args=args,
     )

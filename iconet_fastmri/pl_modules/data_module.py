@@ -21,6 +21,7 @@ each volume is scored on exactly one rank (set
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -259,4 +260,10 @@ class IconetDataModule(pl.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def state_dict(self) -> dict:
-        return {"scale": self.scale, "challenge": self.challenge, "hr_crop": list(self.hr_crop)}
+        """Plain-value settings stored in checkpoints (inference reads its defaults from them)."""
+        return {
+            "scale": self.scale,
+            "challenge": self.challenge,
+            "hr_crop": list(self.hr_crop),
+            "mask": dataclasses.asdict(self.mask),
+        }

@@ -178,6 +178,11 @@ class IconetModule(pl.LightningModule):
                 self.log(f"train/{name}", value, batch_size=bs)
         return loss
 
+    def on_train_epoch_start(self) -> None:
+        optimizers = self.trainer.optimizers if self.trainer is not None else []
+        if optimizers:
+            self.log("train/lr", float(optimizers[0].param_groups[0]["lr"]), on_step=False, on_epoch=True)
+
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:

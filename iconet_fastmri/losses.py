@@ -1,0 +1,186 @@
+"""Multi-stage loss of ICONet (``docs/ICONET_SPEC.md``, "Loss")::
+
+    L = Σ_k  λ_sr · L1(sr_k, stage_targets[k])  +  λ_rec · L1(rec_k, rec_targets[k])
+
+* Targets are magnitude images ``(B, 1, ·, ·)`` cut from the HR k-space by
+  :class:`~iconet_fastmri.degradation.KSpaceDegradation`
+  (``Degraded.stage_targets`` and ``Degraded.rec_targets``).
+* Complex-mode predictions ``(B, 2, ·, ·)`` (real, imag) are compared through
+  their magnitude ``sqrt(re² + im² + eps)`` (the eps keeps the gradient finite
+  at exact zeros).
+* Per-slice normalisation: when the prediction carries a per-slice scale
+  (:attr:`IconetOutput.norm_scale`, ``(B, 1, 1, 1)``) and ``normalize=True``,
+  predictions and targets are both divided by it, i.e. the loss is computed in
+  the model's normalised units as the spec prescribes; without a scale it is
+  computed in the images' own units.
+* Predictions are paired with targets by index when the lists line up, and
+  otherwise by spatial size (e.g. a single-stage baseline at x4 has one SR
+  output at the HR grid and one reconstruction at the LR grid).
+* ``supervise="last_stage"`` keeps only ``sr_K`` and ``rec_K`` (ablation; also
+  T2Net's ``0.8 · L1(SR) + 0.2 · L1(rec)`` with the default weights).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .degradation import Degraded
+from .models.iconet import IconetOutput
+
+__all__ = ["MultiStageLoss", "SUPERVISE_MODES", "magnitude"]
+
+#: Valid values of ``MultiStageLoss(supervise=...)``.
+SUPERVISE_MODES: Tuple[str, ...] = ("all_stages", "last_stage")
+
+
+def magnitude(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Magnitude ``(B, 1, H, W)`` of a 1-channel (returned as is) or 2-channel (re, im) image."""
+    if x.shape[1] == 1:
+        return x
+    if x.shape[1] != 2:
+        raise ValueError(f"expected 1 (magnitude) or 2 (real, imag) channels, got {x.shape[1]}")
+    return (x.pow(2).sum(dim=1, keepdim=True) + eps).sqrt()
+
+
+def _pair(
+    preds: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], kind: str
+) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    if len(preds) == len(targets) and all(
+        p.shape[-2:] == t.shape[-2:] for p, t in zip(preds, targets)
+    ):
+        return list(zip(preds, targets))
+    pairs = []
+    for k, pred in enumerate(preds):
+        matches = [t for t in targets if t.shape[-2:] == pred.shape[-2:]]
+        if len(matches) != 1:
+            raise ValueError(
+                f"{kind} prediction {k} of size {tuple(pred.shape[-2:])} matches "
+                f"{len(matches)} targets (sizes {[tuple(t.shape[-2:]) for t in targets]}); "
+                f"expected exactly one"
+            )
+        pairs.append((pred, matches[0]))
+    return pairs
+
+
+class MultiStageLoss(nn.Module):
+    """Weighted sum of per-stage L1 losses on the SR outputs and the reconstruction priors.
+
+    Args:
+        lambda_sr: weight of every SR term [ours: 0.8].
+        lambda_rec: weight of every reconstruction term [ours: 0.2].
+        supervise: ``"all_stages"`` or ``"last_stage"``.
+        normalize: use the prediction's per-slice scale when it has one (see module doc).
+        eps: epsilon inside the complex magnitude's square root.
+
+    Call as ``loss(output, degraded)`` with an :class:`IconetOutput` and a
+    :class:`Degraded`, or as
+    ``loss(sr_stages, rec_stages, sr_targets, rec_targets, norm_scale=None)``
+    with lists of ``(B, C, H, W)`` tensors.
+
+    Returns:
+        ``(total, terms)``: the scalar loss and a dict of detached scalars for
+        logging: ``"sr_k"`` and ``"rec_k"`` (unweighted L1 of stage k,
+        1-based, supervised stages only), ``"sr"`` and ``"rec"`` (their
+        weighted sums) and ``"total"``.
+    """
+
+    def __init__(
+        self,
+        lambda_sr: float = 0.8,
+        lambda_rec: float = 0.2,
+        supervise: str = "all_stages",
+        normalize: bool = True,
+        eps: float = 1e-12,
+    ) -> None:
+        super().__init__()
+        if supervise not in SUPERVISE_MODES:
+            raise ValueError(
+                f"unknown supervise {supervise!r}; valid modes are {list(SUPERVISE_MODES)}"
+            )
+        if lambda_sr < 0 or lambda_rec < 0:
+            raise ValueError(f"loss weights must be >= 0, got {lambda_sr}, {lambda_rec}")
+        self.lambda_sr = float(lambda_sr)
+        self.lambda_rec = float(lambda_rec)
+        self.supervise = supervise
+        self.normalize = normalize
+        self.eps = eps
+
+    def forward(
+        self,
+        output: Union[IconetOutput, Sequence[torch.Tensor]],
+        degraded: Union[Degraded, Sequence[torch.Tensor], None] = None,
+        sr_targets: Optional[Sequence[torch.Tensor]] = None,
+        rec_targets: Optional[Sequence[torch.Tensor]] = None,
+        norm_scale: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Compute the loss; see the class docstring for the two call forms."""
+        if isinstance(output, IconetOutput):
+            if not isinstance(degraded, Degraded):
+                raise TypeError("loss(output: IconetOutput, degraded: Degraded) expects a Degraded")
+            sr_stages: Sequence[torch.Tensor] = output.sr_stages or [output.sr]
+            rec_stages: Sequence[torch.Tensor] = output.rec_stages
+            sr_targets = degraded.stage_targets
+            rec_targets = degraded.rec_targets
+            norm_scale = output.norm_scale
+        else:
+            if degraded is None or sr_targets is None or rec_targets is None:
+                raise TypeError(
+                    "loss(sr_stages, rec_stages, sr_targets, rec_targets) needs all four lists"
+                )
+            sr_stages = list(output)
+            rec_stages = list(degraded)  # type: ignore[arg-type]
+        if not sr_stages:
+            raise ValueError("no SR predictions to supervise")
+        if not self.normalize:
+            norm_scale = None
+        return self._compute(sr_stages, rec_stages, sr_targets, rec_targets, norm_scale)
+
+    def _l1(
+        self, pred: torch.Tensor, target: torch.Tensor, norm_scale: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        pred = pred.to(torch.promote_types(pred.dtype, torch.float32))
+        target = target.to(pred.dtype)
+        if norm_scale is not None:
+            scale = norm_scale.to(pred.dtype)
+            pred, target = pred / scale, target / scale
+        if pred.shape[1] != target.shape[1]:
+            if target.shape[1] != 1:
+                raise ValueError(
+                    f"cannot compare a {pred.shape[1]}-channel prediction with a "
+                    f"{target.shape[1]}-channel target"
+                )
+            pred = magnitude(pred, self.eps)
+        return F.l1_loss(pred, target)
+
+    def _compute(
+        self,
+        sr_stages: Sequence[torch.Tensor],
+        rec_stages: Sequence[torch.Tensor],
+        sr_targets: Sequence[torch.Tensor],
+        rec_targets: Sequence[torch.Tensor],
+        norm_scale: Optional[torch.Tensor],
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        sr_pairs = _pair(sr_stages, sr_targets, "SR")
+        rec_pairs = _pair(rec_stages, rec_targets, "reconstruction")
+        first_sr = len(sr_pairs) - 1 if self.supervise == "last_stage" else 0
+        first_rec = max(len(rec_pairs) - 1, 0) if self.supervise == "last_stage" else 0
+        terms: Dict[str, torch.Tensor] = {}
+        sr_total = sr_stages[0].new_zeros((), dtype=torch.float32)
+        rec_total = sr_stages[0].new_zeros((), dtype=torch.float32)
+        for k in range(first_sr, len(sr_pairs)):
+            value = self._l1(*sr_pairs[k], norm_scale)
+            terms[f"sr_{k + 1}"] = value.detach()
+            sr_total = sr_total + self.lambda_sr * value
+        for k in range(first_rec, len(rec_pairs)):
+            value = self._l1(*rec_pairs[k], norm_scale)
+            terms[f"rec_{k + 1}"] = value.detach()
+            rec_total = rec_total + self.lambda_rec * value
+        total = sr_total + rec_total
+        terms["sr"] = sr_total.detach()
+        terms["rec"] = rec_total.detach()
+        terms["total"] = total.detach()
+        return total, terms
