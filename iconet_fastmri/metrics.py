@@ -38,7 +38,7 @@ def volume_metrics(target: np.ndarray, pred: np.ndarray, maxval: Optional[float]
         target, pred = target[None], pred[None]
     if target.shape != pred.shape:
         raise ValueError(f"target shape {target.shape} and prediction shape {pred.shape} differ")
-    maxval = float(target.max()) if maxval is None else float(maxval)
+    # maxval None: fastmri's own default (the target volume's max, in its dtype).
     return {
         "nmse": float(np.asarray(evaluate.nmse(target, pred)).item()),
         "psnr": float(np.asarray(evaluate.psnr(target, pred, maxval=maxval)).item()),

@@ -1,0 +1,96 @@
+"""PNG panels comparing methods on one slice: LR input, each method, target, error maps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import h5py
+import numpy as np
+import torch
+
+from .data.transforms import IconetDataTransform
+from .degradation import KSpaceDegradation
+from .evaluation import load_prediction, load_target_volume
+from .masks import MaskConfig
+
+__all__ = ["lr_input_for", "comparison_panel"]
+
+
+def lr_input_for(raw_file: Union[str, Path], slice_num: int, scale: int, mask: MaskConfig, hr_crop) -> np.ndarray:
+    """The zero-filled LR magnitude the methods saw (same seeded mask as inference)."""
+    raw_file = Path(raw_file)
+    with h5py.File(raw_file, "r") as f:
+        kspace = f["kspace"][slice_num]
+    transform = IconetDataTransform(scale, mask.build(), tuple(hr_crop), use_seed=True)
+    sample = transform(kspace, None, None, {}, raw_file.name, slice_num)
+    deg = KSpaceDegradation(scale)(sample.hr_images[None], sample.mask[None])
+    return deg.lr_input[0, 0].numpy()
+
+
+def comparison_panel(
+    target_dir: Union[str, Path],
+    prediction_dirs: Sequence[Union[str, Path]],
+    out_png: Union[str, Path],
+    names: Optional[Sequence[str]] = None,
+    fname: Optional[str] = None,
+    slice_num: Optional[int] = None,
+) -> Path:
+    """Draw one slice across methods; error maps share one colour scale.
+
+    The LR input is recomputed from the raw file with the first prediction's
+    recorded scale and mask (masks are seeded per slice, so it is the input
+    every method saw).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    target_dir = Path(target_dir)
+    first = Path(prediction_dirs[0])
+    if fname is None:
+        fname = sorted(p.name for p in first.glob("*.h5"))[0]
+    preds, attrs0 = [], None
+    for folder in prediction_dirs:
+        recon, attrs = load_prediction(Path(folder) / fname)
+        preds.append(recon)
+        attrs0 = attrs0 or attrs
+    if slice_num is None:
+        slice_num = preds[0].shape[0] // 2
+    grid = preds[0].shape[-2:]
+    target, _ = load_target_volume(target_dir / fname, grid)
+    target = target[slice_num]
+    scale = int(attrs0.get("scale", 2))
+    mask = MaskConfig(name=str(attrs0.get("mask_name", "random")), **json.loads(attrs0.get("mask_args", "{}")))
+    lr = lr_input_for(target_dir / fname, slice_num, scale, mask, grid)
+    labels = list(names) if names else [str(load_prediction(Path(d) / fname)[1].get("method", Path(d).name)) for d in prediction_dirs]
+
+    vmax = float(target.max())
+    errors = [np.abs(p[slice_num] - target) for p in preds]
+    emax = float(max(np.percentile(e, 99.5) for e in errors)) or 1.0
+    cols = len(preds) + 2
+    fig, axes = plt.subplots(2, cols, figsize=(2.6 * cols, 5.6))
+    from .metrics import volume_metrics
+
+    def show(ax, img, title, cmap="gray", vmax_=vmax):
+        ax.imshow(img, cmap=cmap, vmin=0, vmax=vmax_)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+
+    show(axes[0, 0], lr, f"LR input x{scale} ({lr.shape[0]}x{lr.shape[1]})")
+    for i, (p, label) in enumerate(zip(preds, labels)):
+        m = volume_metrics(target[None], p[slice_num][None], maxval=vmax)
+        show(axes[0, i + 1], p[slice_num], f"{label}\n{m['psnr']:.2f} dB / {m['ssim']:.3f}")
+        show(axes[1, i + 1], errors[i], f"|error| {label}", cmap="inferno", vmax_=emax)
+    show(axes[0, -1], target, "HR target")
+    axes[1, 0].axis("off")
+    axes[1, -1].axis("off")
+    axes[1, 0].text(0.0, 0.5, f"{fname}\nslice {slice_num}\nerror scale 0..{emax:.3g}\n(shared)", fontsize=8)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png

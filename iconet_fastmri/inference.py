@@ -1,0 +1,215 @@
+"""Leaderboard-style inference: fastMRI HDF5 folder -> one reconstruction file per volume.
+
+Output layout (fastMRI's submission format, as ``fastmri.save_reconstructions``
+writes it): ``{out_dir}/{fname}`` holding the single dataset
+``reconstruction``, float32 ``(slices, H, W)`` on the HR grid. We add
+attributes that record how the input was simulated:
+
+==============================  ==============================================
+``method``                      model/baseline name
+``checkpoint``                  checkpoint path ("" for baselines)
+``challenge``, ``acquisition``  from the data
+``scale``                       SR factor s
+``hr_crop``                     HR grid (H, W)
+``mask_name``, ``mask_args``    the mask (``mask_args`` is JSON)
+``mask_seed_rule``              how masks are seeded (deterministic per slice)
+``acceleration``                nominal R on the LR grid
+``effective_acceleration_lr``   measured LR samples / acquired samples (mean)
+``effective_acceleration``      relative to the HR grid: s² × measured R
+==============================  ==============================================
+
+Each volume is written to a temporary file in the output folder and renamed
+into place when complete, so a crash never leaves a half-written
+``reconstruction`` that evaluation would score. Existing outputs are never
+overwritten unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from . import __version__
+from .checkpoints import load_checkpoint
+from .data.dataset import IconetSliceDataset
+from .data.transforms import IconetDataTransform
+from .masks import MaskConfig
+from .pl_modules.iconet_module import IconetModule
+
+__all__ = ["BASELINES", "load_method", "run_inference", "write_volume_atomic", "MASK_SEED_RULE"]
+
+#: Baselines that need no checkpoint, by their inference name.
+BASELINES = {"zero_filled_bicubic": "bicubic", "zero_filled_sinc": "sinc"}
+MASK_SEED_RULE = "crc32('<file name>/<slice>') per slice (iconet_fastmri.masks.mask_seed)"
+
+
+def load_method(
+    checkpoint: Optional[Union[str, Path]] = None,
+    baseline: Optional[str] = None,
+    scale: Optional[int] = None,
+) -> Tuple[IconetModule, Dict[str, Any], str]:
+    """Build the module for a checkpoint or a named baseline.
+
+    Returns:
+        ``(module, data_settings, method_name)``; ``data_settings`` holds the
+        training run's ``scale``, ``challenge``, ``hr_crop`` and ``mask`` when
+        the checkpoint has them (empty for baselines).
+    """
+    if (checkpoint is None) == (baseline is None):
+        raise ValueError("give exactly one of a checkpoint or a baseline name")
+    if baseline is not None:
+        if baseline not in BASELINES:
+            raise ValueError(f"unknown baseline {baseline!r}; choose one of {sorted(BASELINES)}")
+        if scale is None:
+            raise ValueError(f"baseline {baseline!r} needs --scale")
+        module = IconetModule(scale=scale, arch=BASELINES[baseline])
+        return module.eval(), {}, baseline
+    ckpt = load_checkpoint(checkpoint)
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    if not hparams:
+        raise ValueError(f"checkpoint {checkpoint} has no hyper_parameters: not an IconetModule checkpoint")
+    hparams.pop("_instantiator", None)
+    hparams["compile"] = False
+    hparams["volume_metrics_file"] = None
+    if scale is not None and int(scale) != int(hparams.get("scale", scale)):
+        raise ValueError(
+            f"checkpoint {checkpoint} was trained at scale {hparams.get('scale')}; a model cannot "
+            f"run at scale {scale}"
+        )
+    module = IconetModule(**hparams)
+    missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {checkpoint} does not match its architecture: missing {missing}, unexpected {unexpected}")
+    data = dict(ckpt.get("IconetDataModule") or {})
+    name = hparams.get("arch", "model")
+    return module.eval(), data, name
+
+
+def write_volume_atomic(path: Path, reconstruction: np.ndarray, attrs: Dict[str, Any]) -> None:
+    """Write ``reconstruction`` (+ attributes) to ``path`` through a temporary file and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("reconstruction", data=reconstruction.astype(np.float32))
+            for key, value in attrs.items():
+                f.attrs[key] = value
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _progress(iterable, total: int, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="batch")
+
+
+def run_inference(
+    data_path: Union[str, Path],
+    out_dir: Union[str, Path],
+    checkpoint: Optional[Union[str, Path]] = None,
+    baseline: Optional[str] = None,
+    challenge: Optional[str] = None,
+    scale: Optional[int] = None,
+    mask: Optional[MaskConfig] = None,
+    hr_crop: Optional[Tuple[int, int]] = None,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    device: Optional[str] = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    skip_bad_files: bool = False,
+) -> List[Path]:
+    """Reconstruct every volume of ``data_path`` into ``out_dir``.
+
+    Settings not given (challenge, scale, mask, hr_crop) come from the
+    checkpoint's training run; for baselines they must be given (``scale``)
+    or take the package defaults (singlecoil, fastMRI random mask R=4 cf=0.08,
+    320x320).
+
+    Returns:
+        The written files.
+    """
+    module, trained, method = load_method(checkpoint, baseline, scale)
+    scale = int(scale if scale is not None else trained.get("scale", module.scale))
+    challenge = challenge or trained.get("challenge") or "singlecoil"
+    if mask is None:
+        mask = MaskConfig(**trained["mask"]) if "mask" in trained else MaskConfig()
+    hr = tuple(hr_crop or trained.get("hr_crop") or (320, 320))
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    module = module.to(device)
+
+    transform = IconetDataTransform(scale, mask.build(), hr, use_seed=True)
+    dataset = IconetSliceDataset(
+        data_path, challenge, transform=transform, use_dataset_cache=False, skip_bad_files=skip_bad_files
+    )
+    expected = dataset.slices_per_volume()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    existing = sorted(name for name in expected if (out_dir / name).exists())
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} already holds results for {len(existing)} volume(s) (e.g. {existing[0]}); "
+            f"pass --overwrite to replace them"
+        )
+    acquisitions = {Path(s.fname).name: str(s.metadata.get("acquisition", "")) for s in dataset.raw_samples}
+    nominal_r = mask.nominal_acceleration()
+    mask_args = {k: v for k, v in dataclasses.asdict(mask).items() if k != "name"}
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    pending: Dict[str, Dict[int, Tuple[np.ndarray, float]]] = {}
+    written: List[Path] = []
+
+    def flush(name: str) -> None:
+        slices = pending.pop(name)
+        order = sorted(slices)
+        volume = np.stack([slices[i][0] for i in order])
+        r_lr = float(np.mean([slices[i][1] for i in order]))
+        attrs = {
+            "method": method,
+            "checkpoint": str(checkpoint) if checkpoint else "",
+            "challenge": challenge,
+            "acquisition": acquisitions.get(name, ""),
+            "scale": scale,
+            "hr_crop": np.asarray(hr, dtype=np.int64),
+            "mask_name": mask.name,
+            "mask_args": json.dumps(mask_args, sort_keys=True),
+            "mask_seed_rule": MASK_SEED_RULE,
+            "acceleration": float(nominal_r) if nominal_r is not None else float("nan"),
+            "effective_acceleration_lr": r_lr,
+            "effective_acceleration": float(scale**2 * r_lr),
+            "iconet_fastmri_version": __version__,
+        }
+        path = out_dir / name
+        write_volume_atomic(path, volume, attrs)
+        written.append(path)
+
+    with torch.inference_mode():
+        for batch in _progress(loader, len(loader), f"{method} x{scale}", progress):
+            batch = batch._replace(hr_images=batch.hr_images.to(device), mask=batch.mask.to(device))
+            deg = module.degrade(batch)
+            sr = module.magnitude(module(deg).sr)[:, 0].float().cpu().numpy()
+            acquired = batch.mask.flatten(1).sum(1).cpu().numpy()
+            grid = float(batch.mask[0].numel())
+            for i, name in enumerate(batch.fname):
+                slices = pending.setdefault(name, {})
+                slices[int(batch.slice_num[i])] = (sr[i], grid / max(float(acquired[i]), 1.0))
+                if len(slices) == expected[name]:
+                    flush(name)
+    for name in list(pending):  # only with sample subsets
+        flush(name)
+    return written

@@ -1,0 +1,129 @@
+"""Inference -> evaluation round trip on tiny generated data, against fastmri.evaluate."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from fastmri import evaluate
+
+from iconet_fastmri.evaluation import PredictionError, evaluate_folders, load_target_volume, summarize_rows
+from iconet_fastmri.inference import run_inference
+from iconet_fastmri.masks import MaskConfig, mask_seed
+from iconet_fastmri.pl_modules import IconetModule
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A (randomly initialised) ICONet checkpoint with the data settings inference reads."""
+    path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
+    torch.manual_seed(0)
+    module = IconetModule(scale=2, width=8, blocks_per_stage=1)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "IconetDataModule": {
+                "scale": 2, "challenge": "singlecoil", "hr_crop": [32, 32],
+                "mask": {"name": "random", "center_fractions": [0.08], "accelerations": [4.0],
+                         "seed": None, "path": None, "options": {}},
+            },
+        },
+        path,
+    )
+    return path
+
+
+def test_inference_layout_attributes_and_determinism(tiny_checkpoint, singlecoil_dir, tmp_path):
+    out1 = run_inference(singlecoil_dir, tmp_path / "a", checkpoint=tiny_checkpoint, batch_size=2, progress=False)
+    out2 = run_inference(singlecoil_dir, tmp_path / "b", checkpoint=tiny_checkpoint, batch_size=3, progress=False)
+    assert [p.name for p in out1] == sorted(p.name for p in singlecoil_dir.glob("*.h5"))
+    for p1, p2 in zip(sorted(out1), sorted(out2)):
+        with h5py.File(p1, "r") as f1, h5py.File(p2, "r") as f2:
+            assert list(f1.keys()) == ["reconstruction"]
+            rec = f1["reconstruction"]
+            assert rec.dtype == np.float32 and rec.shape == (3, 32, 32)
+            assert np.array_equal(rec[()], f2["reconstruction"][()])  # rerun (other batch size): identical
+            attrs = dict(f1.attrs)
+            assert attrs["scale"] == 2 and attrs["mask_name"] == "random"
+            assert json.loads(attrs["mask_args"])["accelerations"] == [4.0]
+            assert attrs["acceleration"] == 4.0
+            # Effective acceleration relative to the HR grid: s^2 x the measured LR acceleration.
+            assert attrs["effective_acceleration"] == pytest.approx(4 * attrs["effective_acceleration_lr"])
+            # ... recomputed independently from the seeded masks of its slices.
+            func = MaskConfig(name="random", accelerations=[4.0]).build()
+            accs = [256 / float(func((16, 16), seed=mask_seed(p1.name, i))[0].sum()) for i in range(3)]
+            assert attrs["effective_acceleration_lr"] == pytest.approx(np.mean(accs))
+            assert "crc32" in attrs["mask_seed_rule"]
+    assert not list((tmp_path / "a").glob(".*tmp"))  # no temporary files left behind
+
+
+def test_no_overwrite_without_flag(tiny_checkpoint, singlecoil_dir, tmp_path):
+    run_inference(singlecoil_dir, tmp_path / "o", checkpoint=tiny_checkpoint, progress=False)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        run_inference(singlecoil_dir, tmp_path / "o", checkpoint=tiny_checkpoint, progress=False)
+    run_inference(singlecoil_dir, tmp_path / "o", checkpoint=tiny_checkpoint, progress=False, overwrite=True)
+
+
+def test_round_trip_equals_fastmri_evaluate(tiny_checkpoint, singlecoil_dir, tmp_path):
+    run_inference(singlecoil_dir, tmp_path / "iconet", checkpoint=tiny_checkpoint, progress=False)
+    run_inference(singlecoil_dir, tmp_path / "bicubic", baseline="zero_filled_bicubic", scale=2,
+                  hr_crop=(32, 32), progress=False)
+    rows = evaluate_folders(singlecoil_dir, [tmp_path / "iconet", tmp_path / "bicubic"])
+    assert {r["method"] for r in rows} == {"iconet", "zero_filled_bicubic"}
+    for row in rows:
+        target, _ = load_target_volume(singlecoil_dir / row["fname"], (32, 32))
+        with h5py.File(tmp_path / ("iconet" if row["method"] == "iconet" else "bicubic") / row["fname"]) as f:
+            pred = f["reconstruction"][()]
+        # The file's own target equals our HR-target rule on this grid.
+        with h5py.File(singlecoil_dir / row["fname"]) as f:
+            esc = f["reconstruction_esc"][()]
+        np.testing.assert_allclose(target, esc, rtol=1e-4, atol=1e-5 * esc.max())
+        assert row["psnr"] == evaluate.psnr(target, pred)
+        assert row["ssim"] == evaluate.ssim(target, pred).item()
+        assert row["nmse"] == float(evaluate.nmse(target, pred))
+    table = summarize_rows(rows, bootstrap=50)
+    assert {t["method"] for t in table} == {"iconet", "zero_filled_bicubic"}
+    for t in table:
+        vals = [r["psnr"] for r in rows if r["method"] == t["method"] and (t["acquisition"] in ("all", r["acquisition"]))]
+        assert t["psnr_mean"] == pytest.approx(np.mean(vals))
+
+
+def test_evaluate_script_outputs_and_errors(tiny_checkpoint, singlecoil_dir, tmp_path):
+    run_inference(singlecoil_dir, tmp_path / "iconet", checkpoint=tiny_checkpoint, progress=False)
+    run_inference(singlecoil_dir, tmp_path / "sinc", baseline="zero_filled_sinc", scale=2, hr_crop=(32, 32), progress=False)
+    cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--targets", str(singlecoil_dir),
+           "--predictions", str(tmp_path / "iconet"), str(tmp_path / "sinc"), "--out", str(tmp_path / "eval"),
+           "--bootstrap", "100", "--paired", "iconet", "zero_filled_sinc", "--figures", str(tmp_path / "fig")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("per_volume.csv", "summary.csv", "results.json", "table.md"):
+        assert (tmp_path / "eval" / name).exists()
+    assert (tmp_path / "fig" / "panel.png").stat().st_size > 1000
+    payload = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert payload["paired"]["volumes"] == 2 and len(payload["per_volume"]) == 4
+    # A second run refuses to overwrite the tables.
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "--overwrite" in proc.stderr
+
+
+def test_missing_volume_and_shape_mismatch_are_named(tiny_checkpoint, singlecoil_dir, tmp_path):
+    out = run_inference(singlecoil_dir, tmp_path / "p", checkpoint=tiny_checkpoint, progress=False)
+    out[0].unlink()
+    with pytest.raises(PredictionError, match=rf"{out[0].name}.*missing prediction"):
+        evaluate_folders(singlecoil_dir, [tmp_path / "p"])
+    assert len(evaluate_folders(singlecoil_dir, [tmp_path / "p"], allow_missing=True)) == 1
+    with h5py.File(out[1], "r+") as f:
+        del f["reconstruction"]
+        f["reconstruction"] = np.zeros((3, 30, 32), np.float32)
+    with pytest.raises(PredictionError, match=rf"{out[1].name}.*\(3, 30, 32\).*\(3, 32, 32\)"):
+        evaluate_folders(singlecoil_dir, [tmp_path / "p"], hr_crop=(32, 32), allow_missing=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PredictionError, match="empty.*no .h5 files"):
+        evaluate_folders(singlecoil_dir, [tmp_path / "empty"])
