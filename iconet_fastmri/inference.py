@@ -133,6 +133,7 @@ def run_inference(
     overwrite: bool = False,
     progress: bool = True,
     skip_bad_files: bool = False,
+    pad_if_smaller: Optional[bool] = None,
 ) -> List[Path]:
     """Reconstruct every volume of ``data_path`` into ``out_dir``.
 
@@ -153,7 +154,8 @@ def run_inference(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     module = module.to(device)
 
-    transform = IconetDataTransform(scale, mask.build(), hr, use_seed=True)
+    pad = bool(trained.get("pad_if_smaller", False)) if pad_if_smaller is None else pad_if_smaller
+    transform = IconetDataTransform(scale, mask.build(), hr, use_seed=True, pad_if_smaller=pad)
     dataset = IconetSliceDataset(
         data_path, challenge, transform=transform, use_dataset_cache=False, skip_bad_files=skip_bad_files
     )

@@ -107,6 +107,9 @@ class IconetDataTransform:
         patch_size: optional random HR patch ``(ph, pw)`` cut from the HR grid
             for training (multiples of the scale); ignored when ``use_seed``.
         seed: seed of the patch-position RNG (reseeded per worker like the masks).
+        pad_if_smaller: zero-pad (in the image domain, centred) images narrower or
+            shorter than ``hr_crop`` instead of raising. fastMRI brain volumes
+            come in several widths, some below 320; without this they are an error.
     """
 
     def __init__(
@@ -117,7 +120,9 @@ class IconetDataTransform:
         use_seed: bool = True,
         patch_size: Optional[Sequence[int]] = None,
         seed: Optional[int] = None,
+        pad_if_smaller: bool = False,
     ) -> None:
+        self.pad_if_smaller = pad_if_smaller
         self.hr_crop = (int(hr_crop[0]), int(hr_crop[1]))
         self.lr_shape = lr_shape_for(self.hr_crop, scale)
         self.scale = int(scale)
@@ -150,6 +155,12 @@ class IconetDataTransform:
         kspace = check_kspace(kspace, fname, slice_num)
         images = ifft2c(torch.from_numpy(kspace.astype(np.complex64, copy=False)))
         h, w = images.shape[-2:]
+        padded = False
+        if self.pad_if_smaller and (self.hr_crop[0] > h or self.hr_crop[1] > w):
+            ph, pw = max(0, self.hr_crop[0] - h), max(0, self.hr_crop[1] - w)
+            images = torch.nn.functional.pad(images, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+            h, w = images.shape[-2:]
+            padded = True
         if self.hr_crop[0] > h or self.hr_crop[1] > w:
             raise ValueError(
                 f"{fname}, slice {slice_num}: hr_crop {self.hr_crop[0]}x{self.hr_crop[1]} is larger "
@@ -157,7 +168,7 @@ class IconetDataTransform:
             )
         hr_images = center_crop_2d(images, self.hr_crop)
 
-        if target is not None:
+        if target is not None and not padded:
             target_t = torch.from_numpy(np.asarray(target, dtype=np.float32))
             if target_t.shape[-2] >= self.hr_crop[0] and target_t.shape[-1] >= self.hr_crop[1]:
                 target_t = center_crop_2d(target_t, self.hr_crop)

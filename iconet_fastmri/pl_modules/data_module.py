@@ -73,7 +73,7 @@ class IconetDataModule(pl.LightningDataModule):
         test_split: folder used for ``test`` / ``predict``: ``"val"`` (default) or ``"test"``.
         skip_bad_files: skip corrupt files with a warning naming them instead of stopping.
         max_slice_elements: refuse files whose k-space slice is larger.
-        noise_std: complex k-space noise of the simulated acquisition (passed to the model module).
+        pad_if_smaller: zero-pad images smaller than ``hr_crop`` (fastMRI brain widths vary).
         demo: generate the built-in demo dataset in ``data_path`` if it is missing.
         demo_volumes: ``[train, val]`` volumes of the demo dataset.
         demo_slices: slices per demo volume.
@@ -101,6 +101,7 @@ class IconetDataModule(pl.LightningDataModule):
         test_split: str = "val",
         skip_bad_files: bool = False,
         max_slice_elements: int = DEFAULT_MAX_SLICE_ELEMENTS,
+        pad_if_smaller: bool = False,
         demo: bool = False,
         demo_volumes: Tuple[int, int] = (12, 3),
         demo_slices: int = 8,
@@ -132,6 +133,7 @@ class IconetDataModule(pl.LightningDataModule):
         self.test_split = test_split
         self.skip_bad_files = skip_bad_files
         self.max_slice_elements = max_slice_elements
+        self.pad_if_smaller = pad_if_smaller
         self.demo = demo
         self.demo_volumes = tuple(demo_volumes)
         self.demo_slices = demo_slices
@@ -182,6 +184,7 @@ class IconetDataModule(pl.LightningDataModule):
             use_seed=not train,
             patch_size=self.patch_size if train else None,
             seed=self.seed,
+            pad_if_smaller=self.pad_if_smaller,
         )
         folder = self.split_path("val" if split == "test" and self.test_split == "val" else split)
         dataset = IconetSliceDataset(
@@ -266,4 +269,5 @@ class IconetDataModule(pl.LightningDataModule):
             "challenge": self.challenge,
             "hr_crop": list(self.hr_crop),
             "mask": dataclasses.asdict(self.mask),
+            "pad_if_smaller": self.pad_if_smaller,
         }
