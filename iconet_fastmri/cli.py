@@ -10,8 +10,9 @@ Examples::
 What the CLI adds to Lightning's:
 
 * ``data.scale`` is linked to ``model.scale`` (set it once);
-* a ``ModelCheckpoint`` (``checkpoint.*``) keeping the best ``val/psnr`` and
-  ``last.ckpt`` in a fixed folder, so ``--ckpt_path last`` resumes;
+* a checkpoint callback (``checkpoint.*``, :class:`~iconet_fastmri.callbacks.IconetCheckpoint`)
+  keeping the best ``val/psnr`` and an always-current ``last.ckpt`` in a fixed
+  folder, so ``--ckpt_path last`` resumes;
 * the resolved config is saved with every run (``config.yaml`` in the log folder);
 * ``use_distributed_sampler`` is off: the data module gives validation whole
   volumes per rank with fastmri's ``VolumeSampler``;
@@ -26,9 +27,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from .callbacks import IconetCheckpoint
 from .checkpoints import load_checkpoint
 from .pl_modules import IconetDataModule, IconetModule
 
@@ -38,7 +39,7 @@ __all__ = ["IconetCLI", "main"]
 class IconetCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.scale", "model.scale")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(IconetCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/psnr",
@@ -51,6 +52,15 @@ class IconetCLI(LightningCLI):
                 "trainer.gradient_clip_val": 1.0,
             }
         )
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads --ckpt_path's hyperparameters while parsing; check the file
+        # with our allow-list first, so a crafted checkpoint gets our clear refusal.
+        sub = self.config.get("subcommand")
+        ckpt = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt and Path(ckpt).is_file():
+            load_checkpoint(ckpt)
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config

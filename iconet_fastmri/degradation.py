@@ -22,11 +22,15 @@ k-space keeps the coil dimension, ``(B, C, h, w)``.
 
 Speed: for even grids the centring shifts are folded away. With ``F =
 fft2(x)`` (unshifted), the centred LR k-space is ``a * S ⊙ G`` where ``G`` is
-the wrapped low-frequency corner block of ``F`` (a small gather), ``S`` a
+the wrapped low-frequency corner block of ``F`` (four slice copies), ``S`` a
 +-1 sign pattern and ``a = sqrt(hw/HW)``; the LR image is then
 ``a * M ⊙ ifft2(G)`` with ``M = (-1)^(i+j)``. The sign patterns only touch
 LR-sized data, are folded into the mask multiply, and vanish under magnitude
-and RSS. Odd grids take the exact general path through :func:`fft2c`.
+and RSS: for multi-coil data (where only the RSS images are returned) ``M``
+is never applied and ``a`` multiplies the RSS image. On the CPU the RSS
+accumulates ``re² + im²`` coil by coil with fused multiply-adds (no
+full-size temporaries). Odd grids take the exact general path through
+:func:`fft2c`.
 """
 
 from __future__ import annotations
@@ -130,11 +134,39 @@ def sinc_upsample(image: torch.Tensor, shape: Tuple[int, int]) -> torch.Tensor:
 
 def rss(coil_images: torch.Tensor, dim: int = 1, keepdim: bool = True) -> torch.Tensor:
     """Root-sum-of-squares over coils (the magnitude for one coil)."""
+    if (
+        coil_images.is_complex()
+        and coil_images.device.type == "cpu"
+        and 0 < coil_images.shape[dim % coil_images.dim()] <= _RSS_MAX_LOOP
+    ):
+        return _rss_accumulate(coil_images, dim % coil_images.dim(), keepdim)
     if coil_images.is_complex():
         power = torch.view_as_real(coil_images).pow(2).sum(-1)
     else:
         power = coil_images.pow(2)
     return power.sum(dim=dim, keepdim=keepdim).sqrt()
+
+
+#: Coil counts up to which the CPU RSS accumulates coil by coil.
+_RSS_MAX_LOOP = 64
+
+
+def _rss_accumulate(coil_images: torch.Tensor, dim: int, keepdim: bool) -> torch.Tensor:
+    # CPU: accumulate re^2 + im^2 coil by coil with fused multiply-adds on the strided
+    # real/imag views. Unlike pow(2).sum(-1).sum(dim) this makes no full-size
+    # temporary and no reduction over the size-2 (real, imag) axis, which is slow.
+    real = torch.view_as_real(coil_images)
+    acc: Optional[torch.Tensor] = None
+    for c in range(coil_images.shape[dim]):
+        part = real.select(dim, c)
+        re, im = part[..., 0], part[..., 1]
+        if acc is None:
+            acc = torch.mul(re, re).addcmul_(im, im)
+        else:
+            acc = acc.addcmul_(re, re).addcmul_(im, im)
+    assert acc is not None
+    out = acc.sqrt_()
+    return out.unsqueeze(dim) if keepdim else out
 
 
 def data_consistency(
@@ -206,6 +238,24 @@ class Degraded:
 def _wrapped_index(part: int, full: int, device: torch.device) -> torch.Tensor:
     # Row/column indices of the centred low-frequency block inside an unshifted spectrum.
     return (torch.arange(part, device=device) - part // 2) % full
+
+
+def _low_block(spectrum: torch.Tensor, shape: Tuple[int, int]) -> torch.Tensor:
+    """The wrapped low-frequency block ``spectrum[..., rows, cols]`` of an unshifted spectrum.
+
+    Same values as indexing with :func:`_wrapped_index` rows and columns, built
+    from the four corner blocks by slice copies (one pass, no index kernel).
+    """
+    H, W = spectrum.shape[-2], spectrum.shape[-1]
+    h, w = shape
+    hn, wn = h // 2, w // 2  # negative frequencies (taken from the end of the spectrum)
+    hp, wp = h - hn, w - wn  # zero and positive frequencies (from the start)
+    out = spectrum.new_empty(*spectrum.shape[:-2], h, w)
+    out[..., :hn, :wn] = spectrum[..., H - hn :, W - wn :]
+    out[..., :hn, wn:] = spectrum[..., H - hn :, :wp]
+    out[..., hn:, :wn] = spectrum[..., :hp, W - wn :]
+    out[..., hn:, wn:] = spectrum[..., :hp, :wp]
+    return out
 
 
 class KSpaceDegradation(nn.Module):
@@ -286,19 +336,20 @@ class KSpaceDegradation(nn.Module):
             hr_target = rss(x)
             grids = [(H // 2**k, W // 2**k) for k in range(self.num_stages, -1, -1)]
             all_even = all(g[0] % 2 == 0 and g[1] % 2 == 0 for g in grids)
+            single = coils == 1
             if all_even:
-                out = self._fast(x, mask, lr, grids)
+                out = self._fast_parts(x, mask, lr, grids, complex_images=single)
             else:
                 out = self._general(x, mask, lr, grids)
-        lr_kspace, lr_clean_c, lr_observed, lr_input_c, stage_targets = out
+                out = out + (rss(out[1]), rss(out[3]))
+        lr_kspace, lr_clean_c, lr_observed, lr_input_c, stage_targets, lr_clean, lr_input = out
         stage_targets.append(hr_target)
-        single = coils == 1
         return Degraded(
             hr_target=hr_target,
             lr_kspace=lr_kspace,
-            lr_clean=rss(lr_clean_c),
+            lr_clean=lr_clean,
             lr_observed=lr_observed,
-            lr_input=rss(lr_input_c),
+            lr_input=lr_input,
             mask=mask,
             stage_targets=stage_targets,
             scale=self.scale,
@@ -310,30 +361,42 @@ class KSpaceDegradation(nn.Module):
         return torch.randn_like(like) * self.noise_std  # complex randn: var split over re/im
 
     def _fast(self, x, mask, lr, grids):
+        """``(lr_kspace, lr_clean_c, lr_observed, lr_input_c, stage_targets)``, as :meth:`_general`."""
+        return self._fast_parts(x, mask, lr, grids, complex_images=True)[:5]
+
+    def _fast_parts(self, x, mask, lr, grids, complex_images):
+        # As _fast, plus the RSS images lr_clean and lr_input; without complex_images the
+        # complex LR images are not formed (returned as None).
         H, W = x.shape[-2:]
         spectrum = torch.fft.fft2(x, norm="ortho")  # unshifted: the FFT floor
         dev = x.device
+        a = _intensity_factor(lr, (H, W))
 
-        def low_block(g):
-            rows = _wrapped_index(g[0], H, dev).view(-1, 1)
-            cols = _wrapped_index(g[1], W, dev).view(1, -1)
-            return spectrum[..., rows, cols] * _intensity_factor(g, (H, W))
-
-        # LR: G holds the centred LR samples up to the sign pattern S.
-        block = low_block(lr)
+        # LR: a * G holds the centred LR samples up to the sign pattern S.
+        block = _low_block(spectrum, lr)  # G (unscaled)
         sign_k = checkerboard(lr[0], lr[1], dev, signed=True)  # S
-        sign_x = checkerboard(lr[0], lr[1], dev)  # M
-        observed_block = block * mask
+        observed_block = block * (mask * a)  # a * G ⊙ mask (scale folded into the small mask)
         if self.noise_std > 0:
             observed_block = observed_block + mask * self._noise(block)
-        lr_kspace = block * sign_k
+        lr_kspace = block * (sign_k * a)
         lr_observed = observed_block * sign_k
-        lr_clean_c = torch.fft.ifft2(block, norm="ortho") * sign_x
-        lr_input_c = torch.fft.ifft2(observed_block, norm="ortho") * sign_x
+        # ifft2 of the unsigned blocks; the image-side sign M = (-1)^(i+j) and the scale a
+        # only matter for the complex images (single-coil): RSS drops M and commutes with a.
+        clean = torch.fft.ifft2(block, norm="ortho")  # lr_clean_c / (a * M)
+        zero_filled = torch.fft.ifft2(observed_block, norm="ortho")  # lr_input_c / M
+        if complex_images:
+            sign_x = checkerboard(lr[0], lr[1], dev)  # M
+            lr_clean_c = clean.mul_(sign_x * a)
+            lr_input_c = zero_filled.mul_(sign_x)
+            lr_clean, lr_input = rss(lr_clean_c), rss(lr_input_c)
+        else:
+            lr_clean_c = lr_input_c = None
+            lr_clean, lr_input = rss(clean).mul_(a), rss(zero_filled)
         stage_targets = []
         for g in grids[1:-1]:  # intermediate stage outputs (x4: the x2 grid)
-            stage_targets.append(rss(torch.fft.ifft2(low_block(g), norm="ortho")))
-        return lr_kspace, lr_clean_c, lr_observed, lr_input_c, stage_targets
+            image = torch.fft.ifft2(_low_block(spectrum, g), norm="ortho")
+            stage_targets.append(rss(image).mul_(_intensity_factor(g, (H, W))))
+        return lr_kspace, lr_clean_c, lr_observed, lr_input_c, stage_targets, lr_clean, lr_input
 
     def _general(self, x, mask, lr, grids):
         kspace = fft2c(x)

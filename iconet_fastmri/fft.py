@@ -22,13 +22,27 @@ Hence, for even H and W,
     s = (-1)^(H/2 + W/2),
 
 which replaces the two copying rolls by two multiplications with a cached
-sign pattern (the global sign ``s`` is folded into one of them). Odd sizes
-take the exact roll-based general path. :mod:`iconet_fastmri.degradation`
-goes further and folds the sign pattern into the crop and the mask multiply.
+sign pattern (the global sign ``s`` is folded into one of them). Equivalently
+(modulating the input is rolling the output),
+
+    fft2c(x) = roll(fft2(x), (H/2, W/2)) ⊙ (s * M),
+
+so without autograd a large transform is the unshifted FFT followed by a
+single pass that moves the four quadrants of its output into place while
+multiplying them by the sign pattern (``torch.mul(..., out=quadrant)``); a
+small one (up to ``2**20`` elements, where per-op overhead dominates)
+modulates the input and then the FFT output in place. The patterns are cached
+in the interleaved real layout ``(H, W, 2)`` of :func:`torch.view_as_real`,
+so the multiplies need no broadcast over the (real, imag) pair. When
+autograd records the graph (or under ``torch.compile``), the out-of-place
+two-modulation form is used. Odd sizes take the exact roll-based general path.
+:mod:`iconet_fastmri.degradation` goes further and folds the sign pattern
+into the crop and the mask multiply.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Dict, Tuple
 
 import torch
@@ -43,6 +57,7 @@ __all__ = [
 ]
 
 _CHECKERBOARD_CACHE: Dict[Tuple[int, int, str, torch.dtype, bool], torch.Tensor] = {}
+_INTERLEAVED_CACHE: Dict[Tuple[int, int, str, torch.dtype, bool], torch.Tensor] = {}
 
 
 def as_complex(x: torch.Tensor) -> torch.Tensor:
@@ -87,25 +102,91 @@ def checkerboard(
     return pattern
 
 
+def _interleaved(h: int, w: int, device: torch.device, dtype: torch.dtype, signed: bool) -> torch.Tensor:
+    # The checkerboard in the real-view layout (h, w, 2): a contiguous operand for the
+    # multiply on torch.view_as_real(x) (no stride-0 broadcast over the last dim).
+    key = (h, w, str(device), dtype, signed)
+    pattern = _INTERLEAVED_CACHE.get(key)
+    if pattern is None:
+        pattern = checkerboard(h, w, device, dtype, signed).unsqueeze(-1).expand(h, w, 2).contiguous()
+        if len(_INTERLEAVED_CACHE) > 64:
+            _INTERLEAVED_CACHE.clear()
+        _INTERLEAVED_CACHE[key] = pattern
+    return pattern
+
+
 def _modulate(x: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
-    # Multiply a complex tensor by a real +-1 pattern through the real view:
-    # one pass over the data, no complex promotion of the pattern.
-    real = torch.view_as_real(x)
-    return torch.view_as_complex(real * pattern.unsqueeze(-1))
+    # Multiply a complex tensor by a real +-1 pattern (interleaved (h, w, 2) layout)
+    # through the real view: one pass over the data, no complex promotion.
+    return torch.view_as_complex(torch.view_as_real(x) * pattern)
+
+
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    is_compiling = getattr(compiler, "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
+
+
+def _functional_only(x: torch.Tensor) -> bool:
+    # out= writes into views are not differentiable and not for functorch/compile tracing.
+    if torch.is_grad_enabled() and x.requires_grad:
+        return True
+    if _is_compiling():
+        return True
+    is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(is_wrapped(x)) if is_wrapped is not None else False
+
+
+def _roll_modulate(y: torch.Tensor, signed: torch.Tensor) -> torch.Tensor:
+    """``roll(y, (H/2, W/2)) * signed`` in one pass: quadrant moves with ``out=`` multiplies."""
+    h, w = y.shape[-2], y.shape[-1]
+    h2, w2 = h // 2, w // 2
+    src = torch.view_as_real(y)
+    out = torch.empty_like(src)
+    top, bottom, left, right = slice(None, h2), slice(h2, None), slice(None, w2), slice(w2, None)
+    for (dr, dc), (sr, sc) in (
+        ((top, left), (bottom, right)),
+        ((bottom, right), (top, left)),
+        ((top, right), (bottom, left)),
+        ((bottom, left), (top, right)),
+    ):
+        torch.mul(src[..., sr, sc, :], signed[dr, dc], out=out[..., dr, dc, :])
+    return torch.view_as_complex(out)
+
+
+#: Up to this many complex elements the even-size path modulates the input and
+#: then the FFT output in place (fewer, cache-resident ops); above it the single
+#: quadrant pass after the FFT moves less memory.
+_SMALL_NUMEL = 1 << 20
+
+
+def _autocast_off(device_type: str):
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except (TypeError, RuntimeError):  # older torch: no per-device query
+        enabled = True
+    return torch.autocast(device_type=device_type, enabled=False) if enabled else contextlib.nullcontext()
 
 
 def _centred(x: torch.Tensor, inverse: bool) -> torch.Tensor:
     x = as_complex(x)
     h, w = x.shape[-2], x.shape[-1]
     transform = torch.fft.ifft2 if inverse else torch.fft.fft2
-    with torch.autocast(device_type=x.device.type, enabled=False):
+    with _autocast_off(x.device.type):
         if h % 2 == 0 and w % 2 == 0:
             real_dtype = torch.float64 if x.dtype == torch.complex128 else torch.float32
-            plain = checkerboard(h, w, x.device, real_dtype)
-            signed = checkerboard(h, w, x.device, real_dtype, signed=True)
-            x = _modulate(x.contiguous(), plain)
+            signed = _interleaved(h, w, x.device, real_dtype, signed=True)
+            if _functional_only(x):
+                plain = _interleaved(h, w, x.device, real_dtype, signed=False)
+                y = transform(_modulate(x, plain), dim=(-2, -1), norm="ortho")
+                return _modulate(y, signed)
+            if x.numel() <= _SMALL_NUMEL:
+                plain = _interleaved(h, w, x.device, real_dtype, signed=False)
+                y = transform(_modulate(x, plain), dim=(-2, -1), norm="ortho")
+                torch.view_as_real(y).mul_(signed)  # y is ours: modulate in place
+                return y
             y = transform(x, dim=(-2, -1), norm="ortho")
-            return _modulate(y, signed)
+            return _roll_modulate(y, signed)
         # General (odd-size) path: exact shifts, as numpy/fastMRI define them.
         x = torch.fft.ifftshift(x, dim=(-2, -1))
         y = transform(x, dim=(-2, -1), norm="ortho")

@@ -86,9 +86,13 @@ def mask_seed(fname: str, slice_num: int) -> int:
     return zlib.crc32(key) & 0xFFFFFFFF
 
 
-def worker_seed(base_seed: int, rank: int, worker_id: int) -> int:
-    """Seed for the training-mask RNG of one (DDP rank, data loader worker)."""
-    key = f"{int(base_seed)}/{int(rank)}/{int(worker_id)}".encode("utf-8")
+def worker_seed(base_seed: int, rank: int, worker_id: int, epoch: int = 0) -> int:
+    """Seed for the training randomness of one (epoch, DDP rank, data loader worker).
+
+    A pure function of its arguments, so a run resumed from a checkpoint draws
+    the same training masks as an uninterrupted one.
+    """
+    key = f"{int(base_seed)}/{int(rank)}/{int(worker_id)}/{int(epoch)}".encode("utf-8")
     return zlib.crc32(key) & 0xFFFFFFFF
 
 

@@ -13,7 +13,9 @@ challenge files hold no targets, so super-resolution testing uses the val
 split by default (``test_split="val"``), as the SR literature does.
 
 Masks: validation/test masks are seeded per (file, slice); training masks
-come from each worker's RNG, reseeded per (epoch seed, DDP rank, worker).
+come from each worker's RNG, reseeded from (seed, epoch, DDP rank, worker)
+through :class:`EpochSampler`, which also fixes the shuffle order per epoch:
+a run resumed from a checkpoint sees the same data as an uninterrupted one.
 With several devices, validation/test use fastmri's ``VolumeSampler`` so
 each volume is scored on exactly one rank (set
 ``use_distributed_sampler=False``; the CLI does).
@@ -42,14 +44,37 @@ __all__ = ["IconetDataModule"]
 log = logging.getLogger(__name__)
 
 
-def _worker_init(worker_id: int) -> None:
-    info = get_worker_info()
-    dataset = info.dataset
-    rank = int(getattr(dataset, "_iconet_rank", 0))
-    seed = worker_seed(torch.initial_seed() & 0xFFFFFFFF, rank, worker_id)
+def _reseed_dataset(dataset, worker_id: int) -> None:
+    state = getattr(dataset, "_iconet_seed_state", None)
     transform = getattr(dataset, "transform", None)
-    if transform is not None and hasattr(transform, "reseed"):
-        transform.reseed(seed)
+    if state is None or transform is None or not hasattr(transform, "reseed"):
+        return
+    base, rank, epoch = state
+    transform.reseed(worker_seed(base, rank, worker_id, epoch))
+
+
+def _worker_init(worker_id: int) -> None:
+    # Training masks/patches: a pure function of (seed, epoch, rank, worker), so
+    # they differ across workers and ranks and a resumed run repeats them exactly.
+    _reseed_dataset(get_worker_info().dataset, worker_id)
+
+
+class EpochSampler(torch.utils.data.DistributedSampler):
+    """Shuffling sampler whose order and training randomness depend only on (seed, epoch, rank).
+
+    Lightning calls :meth:`set_epoch` before each epoch; besides the shuffle
+    order, it records the epoch on the dataset so that the data loader workers
+    (and the main process when ``num_workers=0``) reseed their mask RNGs.
+    """
+
+    def __init__(self, dataset, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.dataset._iconet_seed_state = (self.seed, self.rank, int(epoch))
+        _reseed_dataset(self.dataset, 0)  # num_workers=0: the main process draws
 
 
 class IconetDataModule(pl.LightningDataModule):
@@ -199,10 +224,6 @@ class IconetDataModule(pl.LightningDataModule):
             max_slice_elements=self.max_slice_elements,
             sample_seed=self.seed,
         )
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        dataset._iconet_rank = rank
-        if train:  # the in-process RNG (num_workers=0) also differs per rank
-            transform.reseed(worker_seed(self.seed, rank, 0))
         self.datasets[split] = dataset
         return dataset
 
@@ -224,15 +245,14 @@ class IconetDataModule(pl.LightningDataModule):
         world = self.trainer.world_size if self.trainer is not None else 1
         sampler = None
         if split == "train":
-            if world > 1:
-                sampler = torch.utils.data.DistributedSampler(
-                    dataset,
-                    num_replicas=world,
-                    rank=self.trainer.global_rank,
-                    shuffle=True,
-                    seed=self.seed,
-                )
-                shuffle = False
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            sampler = EpochSampler(dataset, num_replicas=world, rank=rank, seed=self.seed)
+            # On resume the loaders are rebuilt after the loop state is restored, and
+            # Lightning creates the first iterator before its own set_epoch call.
+            # Use the same counter Lightning passes to set_epoch.
+            epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
+            sampler.set_epoch(epoch)
+            shuffle = False
         elif world > 1:
             sampler = VolumeSampler(
                 dataset, num_replicas=world, rank=self.trainer.global_rank, shuffle=False

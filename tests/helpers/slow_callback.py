@@ -1,0 +1,29 @@
+"""A callback that slows training down, so a test can kill a run between checkpoints."""
+
+import time
+
+import torch
+
+from pytorch_lightning.callbacks import Callback
+
+
+class SlowTraining(Callback):
+    def __init__(self, seconds: float = 0.3) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        time.sleep(self.seconds)
+
+
+class RecordBatches(Callback):
+    """Append (epoch, step, fnames, slices, mask checksum) of every training batch to a file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        with open(self.path, "a") as f:
+            f.write(
+                f"{trainer.current_epoch} {trainer.global_step} {list(batch.fname)} "
+                f"{batch.slice_num.tolist()} {float((batch.mask * torch.arange(batch.mask.shape[-1])).sum()):.1f}\n"
+            )
