@@ -126,9 +126,10 @@ def test_validation_masks_identical_across_runs_and_workers(tiny_data):
         dm.setup("validate")
         return [(b.fname[0], int(b.slice_num[0]), b.mask[0]) for b in dm.val_dataloader()]
 
-    a, b, c = masks(0), masks(0), masks(2)
-    assert [(f, s) for f, s, _ in a] == [(f, s) for f, s, _ in c]
-    assert all(torch.equal(x[2], y[2]) and torch.equal(x[2], z[2]) for x, y, z in zip(a, b, c))
+    runs = [masks(0), masks(0), masks(1), masks(2)]
+    for other in runs[1:]:
+        assert [(f, s) for f, s, _ in other] == [(f, s) for f, s, _ in runs[0]]
+        assert all(torch.equal(x[2], y[2]) for x, y in zip(runs[0], other))
 
 
 def test_ddp_two_processes_match_single_process(tiny_data, tmp_path):
