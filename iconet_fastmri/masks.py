@@ -343,16 +343,13 @@ class PoissonMask(_AccelMask):
         return mask, calib[1]
 
 
-class Gaussian1DMask(_AccelMask):
-    """1D variable density: a centre band plus columns drawn with Gaussian weights.
-
-    Exactly ``round(w / R)`` columns are acquired (at least the centre band).
+class _GaussianDensityMask(_AccelMask):
+    """Shared arguments of the Gaussian variable-density masks.
 
     Args:
-        std_fraction: standard deviation of the Gaussian density as a fraction of ``w``.
+        std_fraction: standard deviation of the Gaussian density as a fraction
+            of the grid size along each sampled axis.
     """
-
-    name = "gaussian1d"
 
     def __init__(
         self,
@@ -365,6 +362,16 @@ class Gaussian1DMask(_AccelMask):
         if std_fraction <= 0:
             raise ValueError(f"std_fraction must be > 0, got {std_fraction}")
         self.std_fraction = std_fraction
+
+
+
+class Gaussian1DMask(_GaussianDensityMask):
+    """1D variable density: a centre band plus columns drawn with Gaussian weights.
+
+    Exactly ``round(w / R)`` columns are acquired (at least the centre band).
+    """
+
+    name = "gaussian1d"
 
     def sample(self, shape, rng):
         h, w = shape
@@ -382,25 +389,13 @@ class Gaussian1DMask(_AccelMask):
         return np.broadcast_to(columns, (h, w)), num_low
 
 
-class Gaussian2DMask(_AccelMask):
+class Gaussian2DMask(_GaussianDensityMask):
     """2D variable density: a calibration block plus points drawn with 2D Gaussian weights.
 
     Exactly ``round(h * w / R)`` samples are acquired (at least the block).
     """
 
     name = "gaussian2d"
-
-    def __init__(
-        self,
-        center_fractions: Sequence[float] = (0.08,),
-        accelerations: Sequence[float] = (4,),
-        std_fraction: float = 0.25,
-        seed: Optional[int] = None,
-    ) -> None:
-        super().__init__(center_fractions, accelerations, seed)
-        if std_fraction <= 0:
-            raise ValueError(f"std_fraction must be > 0, got {std_fraction}")
-        self.std_fraction = std_fraction
 
     def sample(self, shape, rng):
         h, w = shape
