@@ -26,11 +26,14 @@ the wrapped low-frequency corner block of ``F`` (four slice copies), ``S`` a
 +-1 sign pattern and ``a = sqrt(hw/HW)``; the LR image is then
 ``a * M ⊙ ifft2(G)`` with ``M = (-1)^(i+j)``. The sign patterns only touch
 LR-sized data, are folded into the mask multiply, and vanish under magnitude
-and RSS: for multi-coil data (where only the RSS images are returned) ``M``
-is never applied and ``a`` multiplies the RSS image. On the CPU the RSS
-accumulates ``re² + im²`` coil by coil with fused multiply-adds (no
-full-size temporaries). Odd grids take the exact general path through
-:func:`fft2c`.
+and RSS. For multi-coil data (only the RSS images are returned) the LR
+k-space ``a * S ⊙ G`` is gathered, scaled and signed in one pass, and the
+RSS of ``ifft2`` of it is rolled back by ``(h/2, w/2)`` on the small
+coil-combined grid. On the CPU large batches are processed in chunks of
+about 16 MiB of HR data (large fresh allocations are page-faulted in on first
+touch, which costs about as much as the FFT), and the RSS avoids the slow
+reduction over the (real, imag) axis. Odd grids take the exact general path
+through :func:`fft2c`.
 """
 
 from __future__ import annotations
@@ -42,7 +45,16 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .fft import as_complex, checkerboard, fft2c, ifft2c
+from .fft import (
+    _CHUNK_ABOVE_BYTES,
+    _CHUNK_BYTES,
+    _chunk_bounds,
+    _functional_only,
+    as_complex,
+    checkerboard,
+    fft2c,
+    ifft2c,
+)
 
 __all__ = [
     "Degraded",
@@ -152,10 +164,16 @@ _RSS_MAX_LOOP = 64
 
 
 def _rss_accumulate(coil_images: torch.Tensor, dim: int, keepdim: bool) -> torch.Tensor:
-    # CPU: accumulate re^2 + im^2 coil by coil with fused multiply-adds on the strided
-    # real/imag views. Unlike pow(2).sum(-1).sum(dim) this makes no full-size
-    # temporary and no reduction over the size-2 (real, imag) axis, which is slow.
+    # CPU. Small inputs: square, reduce over coils first, then add the (real, imag)
+    # pair on the coil-reduced data (the reduction over the size-2 axis is the slow
+    # part of pow(2).sum(-1).sum(dim)). Large inputs: accumulate re^2 + im^2 coil by
+    # coil with fused multiply-adds on strided views, with no full-size temporary
+    # (a fresh large allocation is page-faulted in on first touch).
     real = torch.view_as_real(coil_images)
+    if coil_images.numel() * coil_images.element_size() <= _CHUNK_BYTES:
+        power = real.square().sum(dim, keepdim=True)
+        out = (power[..., 0] + power[..., 1]).sqrt_()
+        return out if keepdim else out.squeeze(dim)
     acc: Optional[torch.Tensor] = None
     for c in range(coil_images.shape[dim]):
         part = real.select(dim, c)
@@ -240,22 +258,52 @@ def _wrapped_index(part: int, full: int, device: torch.device) -> torch.Tensor:
     return (torch.arange(part, device=device) - part // 2) % full
 
 
-def _low_block(spectrum: torch.Tensor, shape: Tuple[int, int]) -> torch.Tensor:
+def _low_block(
+    spectrum: torch.Tensor, shape: Tuple[int, int], pattern: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """The wrapped low-frequency block ``spectrum[..., rows, cols]`` of an unshifted spectrum.
 
     Same values as indexing with :func:`_wrapped_index` rows and columns, built
     from the four corner blocks by slice copies (one pass, no index kernel).
+    With a real ``pattern`` ``(h, w)`` the block is multiplied by it in the same pass.
     """
     H, W = spectrum.shape[-2], spectrum.shape[-1]
     h, w = shape
     hn, wn = h // 2, w // 2  # negative frequencies (taken from the end of the spectrum)
     hp, wp = h - hn, w - wn  # zero and positive frequencies (from the start)
+    corners = (
+        ((slice(None, hn), slice(None, wn)), (slice(H - hn, None), slice(W - wn, None))),
+        ((slice(None, hn), slice(wn, None)), (slice(H - hn, None), slice(None, wp))),
+        ((slice(hn, None), slice(None, wn)), (slice(None, hp), slice(W - wn, None))),
+        ((slice(hn, None), slice(wn, None)), (slice(None, hp), slice(None, wp))),
+    )
+    if pattern is not None and _functional_only(spectrum):
+        return _low_block(spectrum, shape) * pattern
     out = spectrum.new_empty(*spectrum.shape[:-2], h, w)
-    out[..., :hn, :wn] = spectrum[..., H - hn :, W - wn :]
-    out[..., :hn, wn:] = spectrum[..., H - hn :, :wp]
-    out[..., hn:, :wn] = spectrum[..., :hp, W - wn :]
-    out[..., hn:, wn:] = spectrum[..., :hp, :wp]
+    if pattern is None:
+        for (dr, dc), (sr, sc) in corners:
+            out[..., dr, dc] = spectrum[..., sr, sc]
+        return out
+    # Multiply through the real views with the pattern in the interleaved (h, w, 2) layout.
+    src, dst = torch.view_as_real(spectrum), torch.view_as_real(out)
+    pat = pattern.to(src.dtype).unsqueeze(-1).expand(h, w, 2).contiguous()
+    for (dr, dc), (sr, sc) in corners:
+        torch.mul(src[..., sr, sc, :], pat[dr, dc], out=dst[..., dr, dc, :])
     return out
+
+
+def _concat_parts(parts: List[tuple]) -> tuple:
+    # Concatenate per-chunk outputs along the batch: tensors, None, or lists of tensors.
+    merged = []
+    for items in zip(*parts):
+        first = items[0]
+        if first is None:
+            merged.append(None)
+        elif isinstance(first, list):
+            merged.append([torch.cat(group) for group in zip(*items)])
+        else:
+            merged.append(torch.cat(items))
+    return tuple(merged)
 
 
 class KSpaceDegradation(nn.Module):
@@ -333,16 +381,26 @@ class KSpaceDegradation(nn.Module):
             mask = self._normalise_mask(mask.to(x.device), batch, lr)
 
         with torch.autocast(device_type=x.device.type, enabled=False):
-            hr_target = rss(x)
             grids = [(H // 2**k, W // 2**k) for k in range(self.num_stages, -1, -1)]
             all_even = all(g[0] % 2 == 0 and g[1] % 2 == 0 for g in grids)
             single = coils == 1
-            if all_even:
-                out = self._fast_parts(x, mask, lr, grids, complex_images=single)
-            else:
-                out = self._general(x, mask, lr, grids)
-                out = out + (rss(out[1]), rss(out[3]))
-        lr_kspace, lr_clean_c, lr_observed, lr_input_c, stage_targets, lr_clean, lr_input = out
+            noise = None
+            if self.noise_std > 0:  # drawn for the whole batch, as randn_like(LR k-space)
+                noise = torch.randn(batch, coils, *lr, dtype=x.dtype, device=x.device)
+                noise = noise * self.noise_std
+            parts = []
+            for start, stop in self._chunks(x):
+                sub = x[start:stop]
+                chunk_noise = None if noise is None else noise[start:stop]
+                if all_even:
+                    out = self._fast_parts(sub, mask[start:stop], lr, grids, single, chunk_noise)
+                else:
+                    out = self._general(sub, mask[start:stop], lr, grids, chunk_noise)
+                    out = out + (rss(out[1]), rss(out[3]))
+                parts.append(out + (rss(sub),))
+            merged = parts[0] if len(parts) == 1 else _concat_parts(parts)
+        (lr_kspace, lr_clean_c, lr_observed, lr_input_c, stage_targets, lr_clean, lr_input,
+         hr_target) = merged
         stage_targets.append(hr_target)
         return Degraded(
             hr_target=hr_target,
@@ -357,14 +415,30 @@ class KSpaceDegradation(nn.Module):
             lr_clean_complex=lr_clean_c if single else None,
         )
 
+    @staticmethod
+    def _chunks(x: torch.Tensor) -> List[Tuple[int, int]]:
+        """Batch ranges processed at once: on the CPU, ~16 MiB of HR data per chunk.
+
+        Large fresh CPU allocations (above glibc's 32 MiB mmap threshold) are
+        page-faulted in on first touch, which costs about as much as the FFT;
+        chunk-sized temporaries are reused by the C allocator instead.
+        """
+        batch = x.shape[0]
+        sample_bytes = x[0].numel() * x.element_size() if batch else 0
+        if x.device.type != "cpu" or batch < 2 or batch * sample_bytes <= _CHUNK_ABOVE_BYTES:
+            return [(0, batch)]
+        per = max(1, _CHUNK_BYTES // max(sample_bytes, 1))
+        # Never a single 2D FFT per chunk (see iconet_fastmri.fft._chunk_bounds).
+        return _chunk_bounds(batch, per, min_size=1 if x.shape[1] >= 2 else 2)
+
     def _noise(self, like: torch.Tensor) -> torch.Tensor:
         return torch.randn_like(like) * self.noise_std  # complex randn: var split over re/im
 
     def _fast(self, x, mask, lr, grids):
-        """``(lr_kspace, lr_clean_c, lr_observed, lr_input_c, stage_targets)``, as :meth:`_general`."""
+        """The 5-tuple of :meth:`_general`, complex LR images included."""
         return self._fast_parts(x, mask, lr, grids, complex_images=True)[:5]
 
-    def _fast_parts(self, x, mask, lr, grids, complex_images):
+    def _fast_parts(self, x, mask, lr, grids, complex_images, noise=None):
         # As _fast, plus the RSS images lr_clean and lr_input; without complex_images the
         # complex LR images are not formed (returned as None).
         H, W = x.shape[-2:]
@@ -373,37 +447,46 @@ class KSpaceDegradation(nn.Module):
         a = _intensity_factor(lr, (H, W))
 
         # LR: a * G holds the centred LR samples up to the sign pattern S.
-        block = _low_block(spectrum, lr)  # G (unscaled)
         sign_k = checkerboard(lr[0], lr[1], dev, signed=True)  # S
-        observed_block = block * (mask * a)  # a * G ⊙ mask (scale folded into the small mask)
-        if self.noise_std > 0:
-            observed_block = observed_block + mask * self._noise(block)
-        lr_kspace = block * (sign_k * a)
-        lr_observed = observed_block * sign_k
-        # ifft2 of the unsigned blocks; the image-side sign M = (-1)^(i+j) and the scale a
-        # only matter for the complex images (single-coil): RSS drops M and commutes with a.
-        clean = torch.fft.ifft2(block, norm="ortho")  # lr_clean_c / (a * M)
-        zero_filled = torch.fft.ifft2(observed_block, norm="ortho")  # lr_input_c / M
         if complex_images:
+            block = _low_block(spectrum, lr)  # G (unscaled)
+            observed_block = block * (mask * a)  # a * G ⊙ mask (scale folded into the small mask)
+            if self.noise_std > 0:
+                drawn = self._noise(block) if noise is None else noise
+                observed_block = observed_block + mask * drawn
+            lr_kspace = block * (sign_k * a)
+            lr_observed = observed_block * sign_k
+            # ifft2 of the unsigned blocks, then the image-side sign M = (-1)^(i+j).
             sign_x = checkerboard(lr[0], lr[1], dev)  # M
-            lr_clean_c = clean.mul_(sign_x * a)
-            lr_input_c = zero_filled.mul_(sign_x)
+            lr_clean_c = torch.fft.ifft2(block, norm="ortho").mul_(sign_x * a)
+            lr_input_c = torch.fft.ifft2(observed_block, norm="ortho").mul_(sign_x)
             lr_clean, lr_input = rss(lr_clean_c), rss(lr_input_c)
         else:
+            # Only the RSS images are returned: gather, scale and sign the centred LR
+            # k-space a * S ⊙ G in one pass. ifft2(S ⊙ Z) is ifft2(Z) rolled by (h/2, w/2)
+            # (times a global sign), so the RSS images are rolled back on the small
+            # coil-combined grid.
+            lr_kspace = _low_block(spectrum, lr, sign_k * a)
+            lr_observed = lr_kspace * mask
+            if self.noise_std > 0:
+                drawn = self._noise(lr_kspace) if noise is None else noise
+                lr_observed = lr_observed + (mask * drawn) * sign_k
+            half = (lr[0] // 2, lr[1] // 2)
+            lr_clean = torch.roll(rss(torch.fft.ifft2(lr_kspace, norm="ortho")), half, (-2, -1))
+            lr_input = torch.roll(rss(torch.fft.ifft2(lr_observed, norm="ortho")), half, (-2, -1))
             lr_clean_c = lr_input_c = None
-            lr_clean, lr_input = rss(clean).mul_(a), rss(zero_filled)
         stage_targets = []
         for g in grids[1:-1]:  # intermediate stage outputs (x4: the x2 grid)
             image = torch.fft.ifft2(_low_block(spectrum, g), norm="ortho")
             stage_targets.append(rss(image).mul_(_intensity_factor(g, (H, W))))
         return lr_kspace, lr_clean_c, lr_observed, lr_input_c, stage_targets, lr_clean, lr_input
 
-    def _general(self, x, mask, lr, grids):
+    def _general(self, x, mask, lr, grids, noise=None):
         kspace = fft2c(x)
         lr_kspace = crop_kspace(kspace, lr)
         lr_observed = lr_kspace * mask
         if self.noise_std > 0:
-            lr_observed = lr_observed + mask * self._noise(lr_kspace)
+            lr_observed = lr_observed + mask * (self._noise(lr_kspace) if noise is None else noise)
         lr_clean_c = ifft2c(lr_kspace)
         lr_input_c = ifft2c(lr_observed)
         stage_targets = [rss(ifft2c(crop_kspace(kspace, g))) for g in grids[1:-1]]

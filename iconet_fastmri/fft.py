@@ -33,7 +33,10 @@ multiplying them by the sign pattern (``torch.mul(..., out=quadrant)``); a
 small one (up to ``2**20`` elements, where per-op overhead dominates)
 modulates the input and then the FFT output in place. The patterns are cached
 in the interleaved real layout ``(H, W, 2)`` of :func:`torch.view_as_real`,
-so the multiplies need no broadcast over the (real, imag) pair. When
+so the multiplies need no broadcast over the (real, imag) pair. Large CPU
+tensors (over 32 MiB) are transformed in 16 MiB chunks over the leading
+dimensions, writing straight into the result: fresh large allocations are
+page-faulted in on first touch, which costs about as much as the FFT. When
 autograd records the graph (or under ``torch.compile``), the out-of-place
 two-modulation form is used. Odd sizes take the exact roll-based general path.
 :mod:`iconet_fastmri.degradation` goes further and folds the sign pattern
@@ -43,7 +46,7 @@ into the crop and the mask multiply.
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 
@@ -102,13 +105,16 @@ def checkerboard(
     return pattern
 
 
-def _interleaved(h: int, w: int, device: torch.device, dtype: torch.dtype, signed: bool) -> torch.Tensor:
+def _interleaved(
+    h: int, w: int, device: torch.device, dtype: torch.dtype, signed: bool
+) -> torch.Tensor:
     # The checkerboard in the real-view layout (h, w, 2): a contiguous operand for the
     # multiply on torch.view_as_real(x) (no stride-0 broadcast over the last dim).
     key = (h, w, str(device), dtype, signed)
     pattern = _INTERLEAVED_CACHE.get(key)
     if pattern is None:
-        pattern = checkerboard(h, w, device, dtype, signed).unsqueeze(-1).expand(h, w, 2).contiguous()
+        pattern = checkerboard(h, w, device, dtype, signed).unsqueeze(-1).expand(h, w, 2)
+        pattern = pattern.contiguous()
         if len(_INTERLEAVED_CACHE) > 64:
             _INTERLEAVED_CACHE.clear()
         _INTERLEAVED_CACHE[key] = pattern
@@ -133,31 +139,81 @@ def _functional_only(x: torch.Tensor) -> bool:
         return True
     if _is_compiling():
         return True
-    is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    is_wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
     return bool(is_wrapped(x)) if is_wrapped is not None else False
 
 
-def _roll_modulate(y: torch.Tensor, signed: torch.Tensor) -> torch.Tensor:
-    """``roll(y, (H/2, W/2)) * signed`` in one pass: quadrant moves with ``out=`` multiplies."""
-    h, w = y.shape[-2], y.shape[-1]
+def _quadrants(h: int, w: int):
+    # (destination, source) quadrant slices of roll(., (h/2, w/2)) for even h, w.
     h2, w2 = h // 2, w // 2
-    src = torch.view_as_real(y)
-    out = torch.empty_like(src)
     top, bottom, left, right = slice(None, h2), slice(h2, None), slice(None, w2), slice(w2, None)
-    for (dr, dc), (sr, sc) in (
+    return (
         ((top, left), (bottom, right)),
         ((bottom, right), (top, left)),
         ((top, right), (bottom, left)),
         ((bottom, left), (top, right)),
-    ):
+    )
+
+
+def _roll_modulate_into(src: torch.Tensor, signed: torch.Tensor, out: torch.Tensor) -> None:
+    # out = roll(src, (h/2, w/2)) * signed, all in the real view (..., h, w, 2).
+    h, w = src.shape[-3], src.shape[-2]
+    for (dr, dc), (sr, sc) in _quadrants(h, w):
         torch.mul(src[..., sr, sc, :], signed[dr, dc], out=out[..., dr, dc, :])
+
+
+def _roll_modulate(y: torch.Tensor, signed: torch.Tensor) -> torch.Tensor:
+    """``roll(y, (H/2, W/2)) * signed`` in one pass: quadrant moves with ``out=`` multiplies."""
+    src = torch.view_as_real(y)
+    out = torch.empty_like(src)
+    _roll_modulate_into(src, signed, out)
     return torch.view_as_complex(out)
+
+
+def _chunked_centred(x: torch.Tensor, transform, signed: torch.Tensor) -> torch.Tensor:
+    """The quadrant path over chunks of the leading dims (large CPU tensors).
+
+    Each chunk's FFT output is a small temporary that the C allocator reuses from
+    chunk to chunk, so only the result is a fresh (page-faulting) allocation, as for
+    a plain FFT; unchunked, the full-size FFT output and the result both are.
+    """
+    h, w = x.shape[-2], x.shape[-1]
+    flat = x.reshape(-1, h, w)  # a view: x is contiguous here
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    out_flat = torch.view_as_real(out).view(-1, h, w, 2)
+    per = _CHUNK_BYTES // (h * w * x.element_size())
+    for start, stop in _chunk_bounds(flat.shape[0], per):
+        y = transform(flat[start:stop], dim=(-2, -1), norm="ortho")
+        _roll_modulate_into(torch.view_as_real(y), signed, out_flat[start:stop])
+    return out
+
+
+def _chunk_bounds(total: int, per: int, min_size: int = 2) -> List[Tuple[int, int]]:
+    """``[start, stop)`` chunks of ``range(total)``, ``per`` long, none shorter than ``min_size``.
+
+    A short tail is merged into the chunk before it. Chunks never hold a single
+    2D slice: CPU FFTs are only ever batched, as in an unchunked call (torch
+    2.14's MKL FFT of one 2048x2048 complex64 image on 2 threads is wrong, a
+    batch of them is right).
+    """
+    per = max(per, min_size)
+    bounds = [(s, min(s + per, total)) for s in range(0, total, per)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_size:
+        bounds[-2] = (bounds[-2][0], total)
+        bounds.pop()
+    return bounds
 
 
 #: Up to this many complex elements the even-size path modulates the input and
 #: then the FFT output in place (fewer, cache-resident ops); above it the single
 #: quadrant pass after the FFT moves less memory.
 _SMALL_NUMEL = 1 << 20
+#: CPU tensors larger than this many bytes are transformed in chunks of at most
+#: _CHUNK_BYTES over the leading dims: glibc serves allocations above its largest
+#: mmap threshold (32 MiB) with fresh pages, whose first-touch faults otherwise
+#: cost as much as the FFT itself.
+_CHUNK_ABOVE_BYTES = 32 * 2**20
+_CHUNK_BYTES = 16 * 2**20
 
 
 def _autocast_off(device_type: str):
@@ -165,7 +221,9 @@ def _autocast_off(device_type: str):
         enabled = torch.is_autocast_enabled(device_type)
     except (TypeError, RuntimeError):  # older torch: no per-device query
         enabled = True
-    return torch.autocast(device_type=device_type, enabled=False) if enabled else contextlib.nullcontext()
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, enabled=False)
 
 
 def _centred(x: torch.Tensor, inverse: bool) -> torch.Tensor:
@@ -185,6 +243,14 @@ def _centred(x: torch.Tensor, inverse: bool) -> torch.Tensor:
                 y = transform(_modulate(x, plain), dim=(-2, -1), norm="ortho")
                 torch.view_as_real(y).mul_(signed)  # y is ours: modulate in place
                 return y
+            if (
+                x.device.type == "cpu"
+                and x.numel() * x.element_size() > _CHUNK_ABOVE_BYTES
+                and x.dim() > 2
+                and x.is_contiguous()
+                and 2 * h * w * x.element_size() <= _CHUNK_BYTES  # >= 2 slices per chunk
+            ):
+                return _chunked_centred(x, transform, signed)
             y = transform(x, dim=(-2, -1), norm="ortho")
             return _roll_modulate(y, signed)
         # General (odd-size) path: exact shifts, as numpy/fastMRI define them.

@@ -1,0 +1,132 @@
+"""scripts/benchmark.py runs end to end (tiny sizes) and its compared pairs agree numerically.
+
+No timing is asserted: only that every section ran, the JSON has the
+environment fields, and each ours-vs-fastMRI pair matches to float32 rounding.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "benchmark.py"
+SECTIONS = ("fft", "degradation", "model", "inference", "memory")
+ENV_FIELDS = ("device", "device_name", "torch", "cuda", "threads")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--tiny", "--device", "cpu", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    data["_stdout"] = proc.stdout
+    return data
+
+
+def test_every_section_present_without_errors(report):
+    for name in SECTIONS:
+        assert name in report, name
+        section = report[name]
+        assert "error" not in section, (name, section.get("error"), section.get("traceback"))
+        assert "skipped" not in section, name
+        assert section["env"]["device"] == "cpu"
+    assert report["fft"]["rows"] and report["degradation"]["rows"] and report["memory"]["rows"]
+    assert report["inference"]["rows"]
+    for row in report["inference"]["rows"]:
+        assert row["saved_ok"], row
+    model = report["model"]
+    assert model["summary"] and all(s["params"] > 0 for s in model["summary"])
+    assert all(s["gflops_fwd_per_slice"] > 0 for s in model["summary"])
+    assert any(r.get("slices_per_s", 0) > 0 for r in model["rows"])
+
+
+def test_environment_fields_in_every_row(report):
+    env = report["env"]
+    for key in ENV_FIELDS + ("cpu_model",):
+        assert key in env, key
+    assert env["threads"] >= 1 and env["torch"]
+    rows = report["fft"]["rows"] + report["degradation"]["rows"] + report["memory"]["rows"]
+    rows += report["model"]["rows"] + report["inference"]["rows"] + report["targets"]
+    for row in rows:
+        for key in ENV_FIELDS:
+            assert key in row, (key, row)
+
+
+def test_compared_pairs_agree(report):
+    corr = report["correctness"]
+    sections = {c["section"] for c in corr}
+    assert {"fft", "degradation"} <= sections
+    quantities = {c["quantity"] for c in corr if c["section"] == "degradation"}
+    assert {
+        "hr_target",
+        "lr_kspace",
+        "lr_observed",
+        "lr_clean",
+        "lr_input",
+        "stage_target_0",
+    } <= quantities
+    for c in corr:
+        assert c["max_rel_diff"] < 1e-5, c
+        assert c["max_abs_diff"] <= 1e-5 * max(1.0, c["ref_max_abs"]), c
+    for row in report["fft"]["rows"]:
+        assert row["max_abs_diff"] < 1e-4, row
+
+
+def test_targets_and_table_printed(report):
+    assert report["targets"], "no targets evaluated"
+    for t in report["targets"]:
+        assert isinstance(t["value"], float) and t["met"] in (True, False, None)
+    out = report["_stdout"]
+    for heading in (
+        "### Centred FFT",
+        "### Degradation",
+        "### ICONet",
+        "### Inference",
+        "### Peak memory",
+        "### Targets",
+    ):
+        assert heading in out, heading
+
+
+def test_sections_flag_selects(tmp_path):
+    out = tmp_path / "fft_only.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--tiny",
+            "--device",
+            "cpu",
+            "--sections",
+            "fft",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["fft"]["rows"]
+    for name in SECTIONS[1:]:
+        assert data[name] == {"skipped": "not selected by --sections"}
+    bad = subprocess.run(
+        [sys.executable, str(SCRIPT), "--sections", "fft,nope", "--out", str(tmp_path / "x.json")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode != 0 and "unknown section" in bad.stderr
