@@ -201,3 +201,37 @@ def test_unknown_config_key_is_rejected(tmp_path):
     )
     assert proc.returncode != 0
     assert "widht" in proc.stderr
+
+
+def test_file_without_reconstruction_is_not_an_error(one_file):
+    _edit(one_file, lambda f: f.__delitem__("reconstruction_esc"))
+    assert validate_fastmri_file(one_file)[0] >= 1
+    ds = IconetSliceDataset(one_file.parent, "singlecoil", use_dataset_cache=False,
+                            transform=IconetDataTransform(2, None, hr_crop=(32, 32)))
+    sample = ds[0]
+    assert sample.target.numel() == 0 and sample.hr_images.shape == (1, 32, 32)
+
+
+def test_evaluate_prediction_shape_mismatch(tmp_path, singlecoil_dir):
+    from iconet_fastmri.evaluation import PredictionError, evaluate_folders
+
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for src in sorted(singlecoil_dir.glob("*.h5")):
+        with h5py.File(pred / src.name, "w") as f:
+            f["reconstruction"] = np.zeros((3, 32, 30), np.float32)
+    with pytest.raises(PredictionError, match=r"\(3, 32, 30\) does not match the target shape \(3, 32, 32\)"):
+        evaluate_folders(singlecoil_dir, [pred], hr_crop=(32, 32))
+
+
+def test_absurd_header_matrix_refused(one_file):
+    def fn(f):
+        raw = f["ismrmrd_header"][()].decode()
+        start = raw.index("<encodedSpace>")
+        x0 = raw.index("<x>", start) + 3
+        x1 = raw.index("</x>", x0)
+        del f["ismrmrd_header"]
+        f["ismrmrd_header"] = (raw[:x0] + "90000000" + raw[x1:]).encode()
+    _edit(one_file, fn)
+    with pytest.raises(FastMRIFileError, match=r"vol\.h5: 'ismrmrd_header' declares an encoded matrix of 90000000x"):
+        validate_fastmri_file(one_file)

@@ -60,6 +60,7 @@ def _header_int(root: ET.Element, parts: Sequence[str]) -> int:
 
 
 def _check_header(path: Path, raw: bytes) -> Tuple[int, int]:
+    """Parse the ISMRMRD header; returns the encoded matrix size (x, y)."""
     try:
         root = ET.fromstring(raw)
     except ET.ParseError as err:
@@ -76,7 +77,7 @@ def _check_header(path: Path, raw: bytes) -> Tuple[int, int]:
             raise FastMRIFileError(
                 path, f"dataset 'ismrmrd_header' field {'/'.join(parts)} is not an integer"
             ) from None
-    return values[2], values[3]
+    return values[0], values[1]
 
 
 def validate_fastmri_file(
@@ -157,7 +158,13 @@ def validate_fastmri_file(
             raw = raw.tobytes() if raw.dtype.kind in "SVu" else bytes(raw.item())
         if isinstance(raw, str):
             raw = raw.encode("utf-8")
-        _check_header(path, raw)
+        enc_x, enc_y = _check_header(path, raw)
+        if enc_x * enc_y > max_slice_elements:
+            raise FastMRIFileError(
+                path,
+                f"'ismrmrd_header' declares an encoded matrix of {enc_x}x{enc_y}, above the limit of "
+                f"{max_slice_elements} samples per slice (max_slice_elements); refusing it",
+            )
     return shape[0], shape
 
 
