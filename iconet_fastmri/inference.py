@@ -157,7 +157,8 @@ def run_inference(
     pad = bool(trained.get("pad_if_smaller", False)) if pad_if_smaller is None else pad_if_smaller
     transform = IconetDataTransform(scale, mask.build(), hr, use_seed=True, pad_if_smaller=pad)
     dataset = IconetSliceDataset(
-        data_path, challenge, transform=transform, use_dataset_cache=False, skip_bad_files=skip_bad_files
+        data_path, challenge, transform=transform, use_dataset_cache=False, skip_bad_files=skip_bad_files,
+        progress=progress,
     )
     expected = dataset.slices_per_volume()
     out_dir = Path(out_dir)

@@ -94,6 +94,7 @@ class IconetSliceDataset(SliceDataset):
         max_slice_elements: refuse files whose k-space slice is larger than this.
         raw_sample_filter: optional filter on fastmri ``FastMRIRawDataSample`` (applied on every load).
         sample_seed: seed of the slice/volume subsampling (deterministic across ranks).
+        progress: show a progress bar while scanning files.
     """
 
     def __init__(
@@ -109,6 +110,7 @@ class IconetSliceDataset(SliceDataset):
         max_slice_elements: int = DEFAULT_MAX_SLICE_ELEMENTS,
         raw_sample_filter: Optional[Callable] = None,
         sample_seed: int = 0,
+        progress: bool = True,
     ) -> None:
         if challenge not in ("singlecoil", "multicoil"):
             raise ValueError(f"challenge must be 'singlecoil' or 'multicoil', got {challenge!r}")
@@ -131,7 +133,8 @@ class IconetSliceDataset(SliceDataset):
         entries: Dict[str, Any] = {}
         self.skipped_files: List[Path] = []
         self.raw_samples: List[FastMRIRawDataSample] = []
-        for path in _progress(files, len(files), f"scanning {challenge} files"):
+        scan = _progress(files, len(files), f"scanning {challenge} files") if progress else files
+        for path in scan:
             stat = path.stat()
             key = str(path.resolve())
             hit = cache.get(key)
