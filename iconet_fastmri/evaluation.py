@@ -96,13 +96,18 @@ def _method_list(folders: Sequence[Union[str, Path]], names: Optional[Sequence[s
     methods = []
     for i, folder in enumerate(folders):
         folder = Path(folder)
-        if not folder.is_dir():
-            raise PredictionError(f"prediction folder {folder} does not exist")
-        files = sorted(folder.glob("*.h5"))
-        if not files:
-            raise PredictionError(f"prediction folder {folder} holds no .h5 files")
+        _h5_files(folder, "prediction", PredictionError)
         methods.append(_Method(names[i] if names else folder.name, folder))
     return methods
+
+
+def _h5_files(folder: Path, kind: str, error: type) -> List[Path]:
+    if not folder.is_dir():
+        raise error(f"{kind} folder {folder} does not exist")
+    files = sorted(folder.glob("*.h5"))
+    if not files:
+        raise error(f"{kind} folder {folder} holds no .h5 files")
+    return files
 
 
 def evaluate_folders(
@@ -128,11 +133,7 @@ def evaluate_folders(
         acceleration, effective_acceleration, num_slices, nmse, psnr, ssim.
     """
     target_dir = Path(target_dir)
-    if not target_dir.is_dir():
-        raise FileNotFoundError(f"target folder {target_dir} does not exist")
-    volumes = sorted(target_dir.glob("*.h5"))
-    if not volumes:
-        raise FileNotFoundError(f"target folder {target_dir} holds no .h5 files")
+    volumes = _h5_files(target_dir, "target", FileNotFoundError)
     methods = _method_list(prediction_dirs, names)
     rows: List[Dict[str, Any]] = []
     target_cache: Dict[Tuple[str, Tuple[int, int]], Tuple[np.ndarray, Dict[str, Any]]] = {}

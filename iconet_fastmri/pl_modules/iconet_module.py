@@ -35,7 +35,7 @@ from ..data.transforms import IconetSample
 from ..degradation import Degraded, KSpaceDegradation, check_scale
 from ..losses import MultiStageLoss
 from ..metrics import VolumeAccumulator, merge_results, summarize
-from ..models import build_model
+from ..models import BicubicSR, build_model
 
 __all__ = ["IconetModule"]
 
@@ -117,6 +117,7 @@ class IconetModule(pl.LightningModule):
         self.model = build_model(arch, scale=self.scale, in_chans=self.in_chans, **kwargs)
         self.uses_dc = data_consistency != "none"
         self.degradation = KSpaceDegradation(self.scale, noise_std=noise_std)
+        self._bicubic_baseline = BicubicSR(self.scale)  # no parameters, no state
         self.loss_fn = MultiStageLoss(lambda_sr=lambda_sr, lambda_rec=lambda_rec, supervise=supervise)
         self._compiled = None
         self._val_acc: Optional[VolumeAccumulator] = None
@@ -163,8 +164,8 @@ class IconetModule(pl.LightningModule):
         return image
 
     def bicubic(self, deg: Degraded) -> torch.Tensor:
-        """The baseline: bicubic upsampling of the zero-filled LR magnitude."""
-        return F.interpolate(deg.lr_input, scale_factor=self.scale, mode="bicubic", align_corners=False)
+        """The baseline: bicubic upsampling of the zero-filled LR magnitude (:class:`BicubicSR`)."""
+        return self._bicubic_baseline(deg.lr_input).sr
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: IconetSample, batch_idx: int) -> torch.Tensor:
