@@ -70,3 +70,17 @@ def test_real_view_round_trip():
         from_real_view(torch.zeros(2, 3))
     with pytest.raises(TypeError, match="complex"):
         to_real_view(torch.zeros(2, 3))
+
+
+def test_chunked_and_autograd_paths_agree_with_fastmri():
+    # Over 32 MiB on the CPU: the chunked in-place path; under autograd: the functional path.
+    x = _rand((18, 640, 368), seed=3)
+    assert x.numel() * x.element_size() > 32 * 2**20
+    ref = from_real_view(fastmri.fft2c(to_real_view(x)))
+    assert torch.allclose(fft2c(x), ref, atol=1e-5)
+    assert torch.allclose(ifft2c(fft2c(x)), x, atol=1e-5)
+    small = _rand((2, 3, 16, 12), seed=4).requires_grad_(True)
+    out = fft2c(small)
+    assert torch.allclose(out.detach(), from_real_view(fastmri.fft2c(to_real_view(small.detach()))), atol=1e-6)
+    (out.abs() ** 2).sum().backward()  # |fft2c(x)|^2 summed = |x|^2 summed (unitary): gradient 2x
+    assert torch.allclose(small.grad, 2 * small.detach(), atol=1e-5)
