@@ -136,9 +136,10 @@ def evaluate_folders(
     volumes = _h5_files(target_dir, "target", FileNotFoundError)
     methods = _method_list(prediction_dirs, names)
     rows: List[Dict[str, Any]] = []
-    target_cache: Dict[Tuple[str, Tuple[int, int]], Tuple[np.ndarray, Dict[str, Any]]] = {}
-    for method in methods:
-        for volume in volumes:
+    # Volumes outside, methods inside: each target is computed once and only one is in memory.
+    for volume in volumes:
+        targets: Dict[Tuple[int, int], Tuple[np.ndarray, Dict[str, Any]]] = {}
+        for index, method in enumerate(methods):
             pred_path = method.folder / volume.name
             if not pred_path.exists():
                 if allow_missing:
@@ -149,16 +150,15 @@ def evaluate_folders(
                 )
             pred, attrs = load_prediction(pred_path)
             grid = tuple(hr_crop) if hr_crop else (int(pred.shape[-2]), int(pred.shape[-1]))
-            key = (volume.name, grid)
-            if key not in target_cache:
-                target_cache[key] = load_target_volume(volume, grid, target_key)
-            target, target_attrs = target_cache[key]
+            if grid not in targets:
+                targets[grid] = load_target_volume(volume, grid, target_key)
+            target, target_attrs = targets[grid]
             if pred.shape != target.shape:
                 raise PredictionError(
                     f"{pred_path}: prediction shape {pred.shape} does not match the target shape "
                     f"{target.shape} of {volume}"
                 )
-            name = names[methods.index(method)] if names else str(attrs.get("method") or method.name)
+            name = names[index] if names else str(attrs.get("method") or method.name)
             metrics = volume_metrics(target, pred.astype(np.float32))
             rows.append(
                 {

@@ -52,11 +52,12 @@ def comparison_panel(
     first = Path(prediction_dirs[0])
     if fname is None:
         fname = sorted(p.name for p in first.glob("*.h5"))[0]
-    preds, attrs0 = [], None
+    preds, all_attrs = [], []
     for folder in prediction_dirs:
         recon, attrs = load_prediction(Path(folder) / fname)
         preds.append(recon)
-        attrs0 = attrs0 or attrs
+        all_attrs.append(attrs)
+    attrs0 = all_attrs[0]
     if slice_num is None:
         slice_num = preds[0].shape[0] // 2
     grid = preds[0].shape[-2:]
@@ -65,7 +66,9 @@ def comparison_panel(
     scale = int(attrs0.get("scale", 2))
     mask = MaskConfig(name=str(attrs0.get("mask_name", "random")), **json.loads(attrs0.get("mask_args", "{}")))
     lr = lr_input_for(target_dir / fname, slice_num, scale, mask, grid)
-    labels = list(names) if names else [str(load_prediction(Path(d) / fname)[1].get("method", Path(d).name)) for d in prediction_dirs]
+    labels = list(names) if names else [
+        str(a.get("method", Path(d).name)) for a, d in zip(all_attrs, prediction_dirs)
+    ]
 
     vmax = float(target.max())
     errors = [np.abs(p[slice_num] - target) for p in preds]

@@ -33,7 +33,7 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from ..data.transforms import IconetSample
 from ..degradation import Degraded, KSpaceDegradation, check_scale
-from ..losses import MultiStageLoss
+from ..losses import MultiStageLoss, magnitude
 from ..metrics import VolumeAccumulator, merge_results, summarize
 from ..models import BicubicSR, build_model
 
@@ -157,11 +157,8 @@ class IconetModule(pl.LightningModule):
 
     @staticmethod
     def magnitude(image: torch.Tensor) -> torch.Tensor:
-        """(B, 1|2, H, W) -> (B, 1, H, W) magnitude."""
-        image = image.float()
-        if image.shape[1] == 2:
-            return image.pow(2).sum(1, keepdim=True).sqrt()
-        return image
+        """(B, 1|2, H, W) -> (B, 1, H, W) magnitude, in float32 (no epsilon: this is for metrics)."""
+        return magnitude(image.float(), eps=0.0)
 
     def bicubic(self, deg: Degraded) -> torch.Tensor:
         """The baseline: bicubic upsampling of the zero-filled LR magnitude (:class:`BicubicSR`)."""
