@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from .data.transforms import center_crop_2d, check_kspace
-from .degradation import rss
-from .fft import ifft2c
+from .physics.operators import rss
+from .physics.fft import ifft2c
 from .metrics import volume_metrics
 
 __all__ = [

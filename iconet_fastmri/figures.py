@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from .data.transforms import IconetDataTransform
-from .degradation import KSpaceDegradation
+from .physics.degradation import KSpaceDegradation
 from .evaluation import load_prediction, load_target_volume
-from .masks import MaskConfig
+from .physics.masks import MaskConfig
 
 __all__ = ["lr_input_for", "comparison_panel"]
 

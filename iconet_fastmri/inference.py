@@ -42,14 +42,14 @@ from . import __version__
 from .checkpoints import load_checkpoint
 from .data.dataset import IconetSliceDataset
 from .data.transforms import IconetDataTransform
-from .masks import MaskConfig
+from .physics.masks import MaskConfig
 from .pl_modules.iconet_module import IconetModule
 
 __all__ = ["BASELINES", "load_method", "run_inference", "write_volume_atomic", "MASK_SEED_RULE"]
 
 #: Baselines that need no checkpoint, by their inference name.
 BASELINES = {"zero_filled_bicubic": "bicubic", "zero_filled_sinc": "sinc"}
-MASK_SEED_RULE = "crc32('<file name>/<slice>') per slice (iconet_fastmri.masks.mask_seed)"
+MASK_SEED_RULE = "crc32('<file name>/<slice>') per slice (iconet_fastmri.physics.masks.mask_seed)"
 
 
 def load_method(

@@ -3,7 +3,7 @@
     L = Σ_k  λ_sr · L1(sr_k, stage_targets[k])  +  λ_rec · L1(rec_k, rec_targets[k])
 
 * Targets are magnitude images ``(B, 1, ·, ·)`` cut from the HR k-space by
-  :class:`~iconet_fastmri.degradation.KSpaceDegradation`
+  :class:`~iconet_fastmri.physics.degradation.KSpaceDegradation`
   (``Degraded.stage_targets`` and ``Degraded.rec_targets``).
 * Complex-mode predictions ``(B, 2, ·, ·)`` (real, imag) are compared through
   their magnitude ``sqrt(re² + im² + eps)`` (the eps keeps the gradient finite
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .degradation import Degraded
+from .physics.degradation import Degraded
 from .models.iconet import IconetOutput
 
 __all__ = ["MultiStageLoss", "SUPERVISE_MODES", "magnitude"]

@@ -4,12 +4,12 @@
 Sections (``--sections``, comma separated; default all):
 
 ``fft``
-    :func:`iconet_fastmri.fft.fft2c` / ``ifft2c`` (native complex64) against
+    :func:`iconet_fastmri.physics.fft.fft2c` / ``ifft2c`` (native complex64) against
     ``fastmri.fft2c`` / ``fastmri.ifft2c`` (real view ``(..., 2)``, roll-based
     shifts) and the floor, a plain unshifted ``torch.fft.fft2`` / ``ifft2`` of
     the same data. Ratios: fastmri / ours (speed-up) and ours / floor.
 ``degradation``
-    Batched :class:`iconet_fastmri.degradation.KSpaceDegradation` against a
+    Batched :class:`iconet_fastmri.physics.degradation.KSpaceDegradation` against a
     per-sample reference made of fastMRI's own transforms (``RandomMaskFunc``
     on the LR grid, ``fastmri.fft2c``, ``complex_center_crop``, scaling by
     1/s, ``apply_mask``, ``fastmri.ifft2c``, ``complex_abs`` + ``rss``), which
@@ -642,7 +642,7 @@ def section_fft(b: Bench) -> Dict[str, Any]:
     torch = b.torch
     import fastmri
 
-    from iconet_fastmri.fft import fft2c, ifft2c
+    from iconet_fastmri.physics.fft import fft2c, ifft2c
 
     repeats = b.args.repeats or b.profile["fft_repeats"]
     gen = torch.Generator().manual_seed(0)
@@ -743,7 +743,7 @@ def section_degradation(b: Bench) -> Dict[str, Any]:
     from fastmri.data import transforms as T
     from fastmri.data.subsample import RandomMaskFunc
 
-    from iconet_fastmri.degradation import KSpaceDegradation
+    from iconet_fastmri.physics.degradation import KSpaceDegradation
 
     p = b.profile
     repeats = b.args.repeats or p["deg_repeats"]
@@ -1096,8 +1096,8 @@ def section_inference(b: Bench) -> Dict[str, Any]:
     from iconet_fastmri.data.dataset import IconetSliceDataset
     from iconet_fastmri.data.synthetic import write_fastmri_dataset
     from iconet_fastmri.data.transforms import IconetDataTransform
-    from iconet_fastmri.degradation import KSpaceDegradation
-    from iconet_fastmri.masks import create_mask
+    from iconet_fastmri.physics.degradation import KSpaceDegradation
+    from iconet_fastmri.physics.masks import create_mask
 
     p = b.profile
     S, R = p["inf_slices"], p["inf_recon"]
@@ -1278,8 +1278,8 @@ def section_memory(b: Bench) -> Dict[str, Any]:
     from fastmri.data import transforms as T
     from fastmri.data.subsample import RandomMaskFunc
 
-    from iconet_fastmri.degradation import KSpaceDegradation
-    from iconet_fastmri.fft import fft2c
+    from iconet_fastmri.physics.degradation import KSpaceDegradation
+    from iconet_fastmri.physics.fft import fft2c
 
     p = b.profile
     rows: List[Dict[str, Any]] = []

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from iconet_fastmri.checkpoints import load_checkpoint  # noqa: E402
 from iconet_fastmri.inference import BASELINES, run_inference  # noqa: E402
-from iconet_fastmri.masks import MaskConfig, available_masks  # noqa: E402
+from iconet_fastmri.physics.masks import MaskConfig, available_masks  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -16,8 +16,8 @@ import torch
 from iconet_fastmri.data.dataset import IconetSliceDataset
 from iconet_fastmri.data.transforms import IconetDataTransform
 from iconet_fastmri.data.validation import FastMRIFileError, validate_fastmri_file
-from iconet_fastmri.degradation import KSpaceDegradation
-from iconet_fastmri.masks import create_mask
+from iconet_fastmri.physics.degradation import KSpaceDegradation
+from iconet_fastmri.physics.masks import create_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,16 +5,10 @@ import pytest
 import torch
 
 import fastmri
-from iconet_fastmri.degradation import (
-    KSpaceDegradation,
-    crop_kspace,
-    data_consistency,
-    lr_shape_for,
-    pad_kspace,
-    sinc_upsample,
-)
-from iconet_fastmri.fft import fft2c, ifft2c, to_real_view
-from iconet_fastmri.masks import create_mask
+from iconet_fastmri.physics.degradation import KSpaceDegradation
+from iconet_fastmri.physics.operators import lr_shape_for, sinc_upsample
+from iconet_fastmri.physics.fft import fft2c, ifft2c, to_real_view
+from iconet_fastmri.physics.masks import create_mask
 
 
 def _images(b, c, h, w, seed=0, dtype=torch.complex64):
@@ -103,17 +97,6 @@ def test_intensity_is_preserved(scale):
     assert torch.allclose(up, x, atol=1e-5)
 
 
-@pytest.mark.parametrize("big,small", [((16, 24), (8, 12)), ((15, 9), (5, 3)), ((12, 20), (3, 5))])
-def test_crop_pad_adjoint(big, small):
-    x = _images(2, 3, *big, seed=2, dtype=torch.complex128)
-    y = _images(2, 3, *small, seed=3, dtype=torch.complex128)
-    lhs = torch.vdot(crop_kspace(x, small).flatten(), y.flatten())
-    rhs = torch.vdot(x.flatten(), pad_kspace(y, big).flatten())
-    assert torch.allclose(lhs, rhs, rtol=1e-12, atol=1e-12)
-    a2 = (small[0] * small[1]) / (big[0] * big[1])
-    assert torch.allclose(crop_kspace(pad_kspace(y, big), small), a2 * y)
-
-
 def test_fast_path_equals_general_path():
     x = _images(2, 3, 32, 48, seed=4)
     deg = KSpaceDegradation(4)
@@ -166,30 +149,6 @@ def test_size_and_scale_errors():
         KSpaceDegradation(2)(torch.zeros(8, 8, dtype=torch.complex64))
     with pytest.raises(ValueError, match="does not fit the LR grid"):
         KSpaceDegradation(2)(_images(1, 1, 8, 8), torch.ones(3, 3))
-
-
-@pytest.mark.parametrize("grid", [(8, 12), (16, 24)])
-def test_hard_and_soft_data_consistency(grid):
-    lr = (8, 12)
-    g = torch.Generator().manual_seed(8)
-    measured_full = torch.randn(2, 1, *lr, dtype=torch.complex64, generator=g)
-    mask = (torch.rand(2, 1, *lr, generator=g) > 0.5).float()
-    measured = measured_full * mask
-    image = torch.randn(2, 1, *grid, dtype=torch.complex64, generator=g)
-    out = data_consistency(image, measured, mask)
-    k_lr = crop_kspace(fft2c(out), lr)
-    sampled = mask.bool().expand_as(k_lr)
-    assert torch.allclose(k_lr[sampled], measured[sampled], atol=1e-5)
-    # Unsampled LR samples and everything outside the LR block are untouched.
-    k_before = crop_kspace(fft2c(image), lr)
-    assert torch.allclose(k_lr[~sampled], k_before[~sampled], atol=1e-5)
-    if grid != lr:
-        outside = fft2c(out) - fft2c(image)
-        outside_lr = pad_kspace(crop_kspace(outside, lr), grid) / (lr[0] * lr[1] / (grid[0] * grid[1]))
-        assert torch.allclose(outside, outside_lr, atol=1e-5)
-    # Soft DC: lambda = 0 leaves the image alone, a huge lambda is hard DC.
-    assert torch.allclose(data_consistency(image, measured, mask, torch.tensor(0.0)), image, atol=1e-5)
-    assert torch.allclose(data_consistency(image, measured, mask, torch.tensor(1e8)), out, atol=1e-4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fastmri
-from iconet_fastmri.fft import fft2c, from_real_view, ifft2c, to_real_view
+from iconet_fastmri.physics.fft import fft2c, from_real_view, ifft2c, to_real_view
 
 SHAPES = [(1, 8, 8), (3, 4, 6), (2, 3, 5, 7), (2, 6, 5), (1, 5, 8), (2, 2, 10, 12), (1, 14, 18)]
 

@@ -13,7 +13,7 @@ from fastmri import evaluate
 
 from iconet_fastmri.evaluation import PredictionError, evaluate_folders, load_target_volume, summarize_rows
 from iconet_fastmri.inference import run_inference
-from iconet_fastmri.masks import MaskConfig, mask_seed
+from iconet_fastmri.physics.masks import MaskConfig, mask_seed
 from iconet_fastmri.pl_modules import IconetModule
 
 ROOT = Path(__file__).resolve().parents[1]

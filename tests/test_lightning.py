@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from iconet_fastmri.data.synthetic import write_fastmri_dataset
-from iconet_fastmri.masks import MaskConfig
+from iconet_fastmri.physics.masks import MaskConfig
 from iconet_fastmri.metrics import VolumeAccumulator, volume_metrics
 from iconet_fastmri.pl_modules import IconetDataModule
 
@@ -166,7 +166,7 @@ def _tiny_dm(root, **kw):
 def test_bf16_mixed_training_keeps_ffts_in_fp32(tiny_data, tmp_path):
     import pytorch_lightning as pl
 
-    from iconet_fastmri.degradation import KSpaceDegradation
+    from iconet_fastmri.physics.degradation import KSpaceDegradation
 
     seen = []
     original = KSpaceDegradation.forward

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from iconet_fastmri.degradation import KSpaceDegradation
+from iconet_fastmri.physics.degradation import KSpaceDegradation
 from iconet_fastmri.losses import MultiStageLoss, magnitude
 from iconet_fastmri.models import ICONet, IconetOutput, T2NetLike
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fastmri.data import subsample
-from iconet_fastmri import masks as masks_mod
-from iconet_fastmri.masks import (
+from iconet_fastmri.physics import masks as masks_mod
+from iconet_fastmri.physics.masks import (
     MaskConfig,
     available_masks,
     create_mask,

@@ -10,13 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from iconet_fastmri.degradation import (
-    Degraded,
-    KSpaceDegradation,
-    crop_kspace,
-    sinc_upsample,
-)
-from iconet_fastmri.fft import fft2c
+from iconet_fastmri.physics.degradation import Degraded, KSpaceDegradation
+from iconet_fastmri.physics.operators import crop_kspace, sinc_upsample
+from iconet_fastmri.physics.fft import fft2c
 from iconet_fastmri.losses import MultiStageLoss
 from iconet_fastmri.models import (
     RSCFL,

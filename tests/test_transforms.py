@@ -6,8 +6,8 @@ import torch
 from fastmri.data import SliceDataset
 
 from iconet_fastmri.data.transforms import IconetDataTransform, IconetSample, check_kspace
-from iconet_fastmri.degradation import KSpaceDegradation
-from iconet_fastmri.masks import create_mask, mask_seed
+from iconet_fastmri.physics.degradation import KSpaceDegradation
+from iconet_fastmri.physics.masks import create_mask, mask_seed
 
 
 @pytest.mark.parametrize("challenge", ["singlecoil", "multicoil"])

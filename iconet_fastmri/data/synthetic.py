@@ -26,7 +26,7 @@ File layout (one HDF5 file per volume, identical to fastMRI):
   ``AXT2``, ``AXT1``, ``AXFLAIR``), ``max`` and ``norm`` (maximum and
   Frobenius norm of the target volume) and ``patient_id``.
 
-FFT convention (the same as :mod:`iconet_fastmri.fft` and ``fastmri.fft2c``):
+FFT convention (the same as :mod:`iconet_fastmri.physics.fft` and ``fastmri.fft2c``):
 k-space is centred and orthonormal,
 ``kspace = fftshift(fft2(ifftshift(image), norm="ortho"))`` over the last two
 axes, zero frequency at index ``(H // 2, W // 2)``. The files are computed

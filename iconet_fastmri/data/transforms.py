@@ -2,19 +2,19 @@
 
 It turns one raw fastMRI slice into a fixed-size, batchable sample; the
 FFT-heavy degradation then runs batched on the device
-(:class:`iconet_fastmri.degradation.KSpaceDegradation`).
+(:class:`iconet_fastmri.physics.degradation.KSpaceDegradation`).
 
 Steps (per slice, in a data loader worker):
 
 1. validate the k-space (dimensions, complex dtype, finite, not all zero);
-2. per-coil centred inverse FFT (:func:`iconet_fastmri.fft.ifft2c`);
+2. per-coil centred inverse FFT (:func:`iconet_fastmri.physics.fft.ifft2c`);
 3. complex centre crop to the HR grid (default 320x320), with fastMRI's
    ``center_crop`` convention (start ``(N - n) // 2``), which is how the
    files' ``reconstruction_esc`` / ``reconstruction_rss`` are defined; the
    RSS of these images is the HR target;
 4. optionally (training) a random HR patch aligned to the scale;
 5. draw the undersampling mask on the LR grid ``(H/s, W/s)``: with the seed
-   :func:`iconet_fastmri.masks.mask_seed` ``(fname, slice)`` when
+   :func:`iconet_fastmri.physics.masks.mask_seed` ``(fname, slice)`` when
    ``use_seed`` (validation/test: identical every epoch, run and rank), or
    from the mask function's RNG (training).
 """
@@ -26,9 +26,9 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..degradation import lr_shape_for
-from ..fft import ifft2c
-from ..masks import mask_seed
+from ..physics.operators import lr_shape_for
+from ..physics.fft import ifft2c
+from ..physics.masks import mask_seed
 
 __all__ = ["IconetSample", "IconetDataTransform", "check_kspace", "center_crop_2d"]
 
@@ -100,7 +100,7 @@ class IconetDataTransform:
 
     Args:
         scale: super-resolution factor s (the mask is drawn on ``hr_crop / s``).
-        mask_func: mask function from :func:`iconet_fastmri.masks.create_mask`
+        mask_func: mask function from :func:`iconet_fastmri.physics.masks.create_mask`
             (``None``: fully sampled LR k-space).
         hr_crop: HR grid ``(H, W)``; fastMRI's reconstructions are 320x320.
         use_seed: draw masks with the per-(file, slice) seed (validation/test).

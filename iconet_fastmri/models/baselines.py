@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from fastmri.models import Unet
 from torch import nn
 
-from ..degradation import check_scale, sinc_upsample
+from ..physics.operators import check_scale, sinc_upsample
 from .blocks import ResBlock
 from .iconet import (
     IconetOutput,

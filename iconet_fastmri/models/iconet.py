@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..degradation import check_scale, data_consistency
+from ..physics.operators import check_scale, data_consistency
 from .blocks import BLOCK_TYPES, build_block
 from .fusion import FUSION_TYPES, build_fusion
 

@@ -36,8 +36,8 @@ from torch.utils.data import DataLoader, get_worker_info
 from ..data.dataset import IconetSliceDataset
 from ..data.transforms import IconetDataTransform
 from ..data.validation import DEFAULT_MAX_SLICE_ELEMENTS
-from ..degradation import check_scale
-from ..masks import MaskConfig, worker_seed
+from ..physics.operators import check_scale
+from ..physics.masks import MaskConfig, worker_seed
 
 __all__ = ["IconetDataModule"]
 

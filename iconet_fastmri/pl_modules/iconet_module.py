@@ -4,7 +4,7 @@ fastmri's ``MriModule`` is not used: under Lightning 2 it relies on the
 removed ``validation_epoch_end`` / ``validation_step_end`` hooks. This module
 keeps its own per-volume outputs instead.
 
-Per batch, on the device: :class:`~iconet_fastmri.degradation.KSpaceDegradation`
+Per batch, on the device: :class:`~iconet_fastmri.physics.degradation.KSpaceDegradation`
 turns the HR coil images and LR masks of the batch into the LR input and all
 targets (the FFTs stay in float32 under ``bf16-mixed``), the model runs, and
 :class:`~iconet_fastmri.losses.MultiStageLoss` compares every stage with its
@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_info
 
 from ..data.transforms import IconetSample
-from ..degradation import Degraded, KSpaceDegradation, check_scale
+from ..physics.degradation import Degraded, KSpaceDegradation
+from ..physics.operators import check_scale
 from ..losses import MultiStageLoss, magnitude
 from ..metrics import VolumeAccumulator, merge_results, summarize
 from ..models import BicubicSR, build_model

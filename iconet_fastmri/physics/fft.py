@@ -39,7 +39,7 @@ dimensions, writing straight into the result: fresh large allocations are
 page-faulted in on first touch, which costs about as much as the FFT. When
 autograd records the graph (or under ``torch.compile``), the out-of-place
 two-modulation form is used. Odd sizes take the exact roll-based general path.
-:mod:`iconet_fastmri.degradation` goes further and folds the sign pattern
+:mod:`iconet_fastmri.physics.degradation` goes further and folds the sign pattern
 into the crop and the mask multiply.
 """
 
@@ -57,6 +57,10 @@ __all__ = [
     "from_real_view",
     "checkerboard",
     "as_complex",
+    "functional_only",
+    "chunk_bounds",
+    "CHUNK_ABOVE_BYTES",
+    "CHUNK_BYTES",
 ]
 
 _CHECKERBOARD_CACHE: Dict[Tuple[int, int, str, torch.dtype, bool], torch.Tensor] = {}
@@ -133,8 +137,12 @@ def _is_compiling() -> bool:
     return bool(is_compiling()) if is_compiling is not None else False
 
 
-def _functional_only(x: torch.Tensor) -> bool:
-    # out= writes into views are not differentiable and not for functorch/compile tracing.
+def functional_only(x: torch.Tensor) -> bool:
+    """Whether ``x`` must be transformed out of place (autograd, ``torch.compile`` or functorch).
+
+    ``out=`` writes into views are not differentiable and cannot be traced, so
+    the fast in-place paths here and in :mod:`.degradation` check this first.
+    """
     if torch.is_grad_enabled() and x.requires_grad:
         return True
     if _is_compiling():
@@ -181,14 +189,14 @@ def _chunked_centred(x: torch.Tensor, transform, signed: torch.Tensor) -> torch.
     flat = x.reshape(-1, h, w)  # a view: x is contiguous here
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     out_flat = torch.view_as_real(out).view(-1, h, w, 2)
-    per = _CHUNK_BYTES // (h * w * x.element_size())
-    for start, stop in _chunk_bounds(flat.shape[0], per):
+    per = CHUNK_BYTES // (h * w * x.element_size())
+    for start, stop in chunk_bounds(flat.shape[0], per):
         y = transform(flat[start:stop], dim=(-2, -1), norm="ortho")
         _roll_modulate_into(torch.view_as_real(y), signed, out_flat[start:stop])
     return out
 
 
-def _chunk_bounds(total: int, per: int, min_size: int = 2) -> List[Tuple[int, int]]:
+def chunk_bounds(total: int, per: int, min_size: int = 2) -> List[Tuple[int, int]]:
     """``[start, stop)`` chunks of ``range(total)``, ``per`` long, none shorter than ``min_size``.
 
     A short tail is merged into the chunk before it. Chunks never hold a single
@@ -209,11 +217,11 @@ def _chunk_bounds(total: int, per: int, min_size: int = 2) -> List[Tuple[int, in
 #: quadrant pass after the FFT moves less memory.
 _SMALL_NUMEL = 1 << 20
 #: CPU tensors larger than this many bytes are transformed in chunks of at most
-#: _CHUNK_BYTES over the leading dims: glibc serves allocations above its largest
+#: CHUNK_BYTES over the leading dims: glibc serves allocations above its largest
 #: mmap threshold (32 MiB) with fresh pages, whose first-touch faults otherwise
 #: cost as much as the FFT itself.
-_CHUNK_ABOVE_BYTES = 32 * 2**20
-_CHUNK_BYTES = 16 * 2**20
+CHUNK_ABOVE_BYTES = 32 * 2**20
+CHUNK_BYTES = 16 * 2**20
 
 
 def _autocast_off(device_type: str):
@@ -234,7 +242,7 @@ def _centred(x: torch.Tensor, inverse: bool) -> torch.Tensor:
         if h % 2 == 0 and w % 2 == 0:
             real_dtype = torch.float64 if x.dtype == torch.complex128 else torch.float32
             signed = _interleaved(h, w, x.device, real_dtype, signed=True)
-            if _functional_only(x):
+            if functional_only(x):
                 plain = _interleaved(h, w, x.device, real_dtype, signed=False)
                 y = transform(_modulate(x, plain), dim=(-2, -1), norm="ortho")
                 return _modulate(y, signed)
@@ -245,10 +253,10 @@ def _centred(x: torch.Tensor, inverse: bool) -> torch.Tensor:
                 return y
             if (
                 x.device.type == "cpu"
-                and x.numel() * x.element_size() > _CHUNK_ABOVE_BYTES
+                and x.numel() * x.element_size() > CHUNK_ABOVE_BYTES
                 and x.dim() > 2
                 and x.is_contiguous()
-                and 2 * h * w * x.element_size() <= _CHUNK_BYTES  # >= 2 slices per chunk
+                and 2 * h * w * x.element_size() <= CHUNK_BYTES  # >= 2 slices per chunk
             ):
                 return _chunked_centred(x, transform, signed)
             y = transform(x, dim=(-2, -1), norm="ortho")

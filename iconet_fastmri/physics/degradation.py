@@ -8,7 +8,7 @@ super-resolution work:
 2. k-space truncation: the centred ``(H/s, W/s)`` block of ``K`` is the
    k-space a scanner with an s-times coarser matrix would acquire. Under the
    orthonormal FFT truncation scales image intensities by ``s`` (more exactly
-   ``sqrt(HW / hw)``); :func:`crop_kspace` multiplies by ``sqrt(hw / HW)`` so that
+   ``sqrt(HW / hw)``); :func:`~.operators.crop_kspace` multiplies by ``sqrt(hw / HW)`` so that
    intensities are preserved (a flat region keeps its value).
 3. The truncated k-space is undersampled with a mask drawn **on the LR grid**
    (what the scanner acquires), with optional complex Gaussian noise.
@@ -40,190 +40,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .fft import (
-    _CHUNK_ABOVE_BYTES,
-    _CHUNK_BYTES,
-    _chunk_bounds,
-    _functional_only,
+    CHUNK_ABOVE_BYTES,
+    CHUNK_BYTES,
     as_complex,
     checkerboard,
+    chunk_bounds,
     fft2c,
+    functional_only,
     ifft2c,
 )
+from .operators import check_scale, crop_kspace, intensity_factor, lr_shape_for, rss
 
-__all__ = [
-    "Degraded",
-    "KSpaceDegradation",
-    "SUPPORTED_SCALES",
-    "lr_shape_for",
-    "crop_kspace",
-    "pad_kspace",
-    "sinc_upsample",
-    "rss",
-    "data_consistency",
-]
-
-#: Scales the package supports: ICONet upsamples in x2 stages.
-SUPPORTED_SCALES = (2, 4, 8)
-
-
-def check_scale(scale: int) -> int:
-    """Validate a super-resolution factor (2, 4 or 8)."""
-    if isinstance(scale, bool) or int(scale) != scale or int(scale) not in SUPPORTED_SCALES:
-        raise ValueError(
-            f"unsupported scale {scale!r}: ICONet upsamples in x2 stages, so the scale must be "
-            f"one of {SUPPORTED_SCALES}"
-        )
-    return int(scale)
-
-
-def lr_shape_for(hr_shape: Sequence[int], scale: int) -> Tuple[int, int]:
-    """LR grid ``(H/s, W/s)`` for an HR grid ``(H, W)``; a clear error if s does not divide it."""
-    scale = check_scale(scale)
-    h, w = int(hr_shape[-2]), int(hr_shape[-1])
-    if h % scale or w % scale:
-        raise ValueError(
-            f"HR grid {h}x{w} is not divisible by the scale {scale}: choose an HR crop whose "
-            f"height and width are multiples of {scale} (e.g. {h - h % scale}x{w - w % scale})"
-        )
-    return h // scale, w // scale
-
-
-def _crop_start(full: int, part: int) -> int:
-    # Keep the DC sample (index full // 2) at the DC position of the crop (part // 2).
-    return full // 2 - part // 2
-
-
-def _intensity_factor(small: Tuple[int, int], large: Tuple[int, int]) -> float:
-    return math.sqrt((small[0] * small[1]) / (large[0] * large[1]))
-
-
-def crop_kspace(kspace: torch.Tensor, shape: Tuple[int, int]) -> torch.Tensor:
-    """Intensity-preserving k-space truncation ``A``: centred crop times ``sqrt(hw / HW)``.
-
-    Args:
-        kspace: centred k-space ``(..., H, W)``.
-        shape: target grid ``(h, w)``, at most ``(H, W)``.
-
-    Returns:
-        ``(..., h, w)``; ``ifft2c`` of it has the intensity of ``ifft2c(kspace)``.
-    """
-    big = (kspace.shape[-2], kspace.shape[-1])
-    h, w = shape
-    if h > big[0] or w > big[1]:
-        raise ValueError(f"cannot crop k-space of size {big} to the larger size {(h, w)}")
-    r0, c0 = _crop_start(big[0], h), _crop_start(big[1], w)
-    return kspace[..., r0 : r0 + h, c0 : c0 + w] * _intensity_factor((h, w), big)
-
-
-def pad_kspace(kspace: torch.Tensor, shape: Tuple[int, int]) -> torch.Tensor:
-    """Adjoint ``Aᴴ`` of :func:`crop_kspace`: centred zero-padding times ``sqrt(hw / HW)``.
-
-    ``<crop_kspace(x), y> == <x, pad_kspace(y)>`` holds exactly; note that
-    ``crop_kspace(pad_kspace(y)) == (hw / HW) * y`` (``A Aᴴ = a² I``).
-    """
-    small = (kspace.shape[-2], kspace.shape[-1])
-    H, W = shape
-    if H < small[0] or W < small[1]:
-        raise ValueError(f"cannot zero-pad k-space of size {small} to the smaller size {(H, W)}")
-    out = kspace.new_zeros(*kspace.shape[:-2], H, W)
-    r0, c0 = _crop_start(H, small[0]), _crop_start(W, small[1])
-    out[..., r0 : r0 + small[0], c0 : c0 + small[1]] = kspace * _intensity_factor(small, (H, W))
-    return out
-
-
-def sinc_upsample(image: torch.Tensor, shape: Tuple[int, int]) -> torch.Tensor:
-    """Intensity-preserving zero-padding ("sinc") interpolation of complex images to ``shape``."""
-    small = (image.shape[-2], image.shape[-1])
-    factor = 1.0 / _intensity_factor(small, shape) ** 2
-    return ifft2c(pad_kspace(fft2c(image), shape) * factor)
-
-
-def rss(coil_images: torch.Tensor, dim: int = 1, keepdim: bool = True) -> torch.Tensor:
-    """Root-sum-of-squares over coils (the magnitude for one coil)."""
-    if (
-        coil_images.is_complex()
-        and coil_images.device.type == "cpu"
-        and 0 < coil_images.shape[dim % coil_images.dim()] <= _RSS_MAX_LOOP
-    ):
-        return _rss_accumulate(coil_images, dim % coil_images.dim(), keepdim)
-    if coil_images.is_complex():
-        power = torch.view_as_real(coil_images).pow(2).sum(-1)
-    else:
-        power = coil_images.pow(2)
-    return power.sum(dim=dim, keepdim=keepdim).sqrt()
-
-
-#: Coil counts up to which the CPU RSS accumulates coil by coil.
-_RSS_MAX_LOOP = 64
-
-
-def _rss_accumulate(coil_images: torch.Tensor, dim: int, keepdim: bool) -> torch.Tensor:
-    # CPU. Small inputs: square, reduce over coils first, then add the (real, imag)
-    # pair on the coil-reduced data (the reduction over the size-2 axis is the slow
-    # part of pow(2).sum(-1).sum(dim)). Large inputs: accumulate re^2 + im^2 coil by
-    # coil with fused multiply-adds on strided views, with no full-size temporary
-    # (a fresh large allocation is page-faulted in on first touch).
-    real = torch.view_as_real(coil_images)
-    if coil_images.numel() * coil_images.element_size() <= _CHUNK_BYTES:
-        power = real.square().sum(dim, keepdim=True)
-        out = (power[..., 0] + power[..., 1]).sqrt_()
-        return out if keepdim else out.squeeze(dim)
-    acc: Optional[torch.Tensor] = None
-    for c in range(coil_images.shape[dim]):
-        part = real.select(dim, c)
-        re, im = part[..., 0], part[..., 1]
-        if acc is None:
-            acc = torch.mul(re, re).addcmul_(im, im)
-        else:
-            acc = acc.addcmul_(re, re).addcmul_(im, im)
-    assert acc is not None
-    out = acc.sqrt_()
-    return out.unsqueeze(dim) if keepdim else out
-
-
-def data_consistency(
-    image: torch.Tensor,
-    measured: torch.Tensor,
-    mask: torch.Tensor,
-    lam: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """k-space data consistency of a complex image against measured LR samples.
-
-    The image may live on a finer grid than the measurements (a later ICONet
-    stage): then the measured block is the intensity-preserving crop ``A``
-    of its k-space, and the correction is applied through the adjoint pair
-    (:func:`crop_kspace`, :func:`pad_kspace`).
-
-    Args:
-        image: complex image ``(B, C, H', W')``.
-        measured: centred measured LR k-space ``(B, C, h, w)`` (zero where not sampled).
-        mask: sampling mask broadcastable to ``(B, C, h, w)``, 1 where acquired.
-        lam: ``None`` for hard DC (measured samples replace the estimate where
-            ``mask == 1``); otherwise a non-negative tensor ``λ`` for soft DC,
-            ``k <- k + mask * λ / (1 + λ) * (y - k)`` (``λ -> ∞`` is hard DC).
-
-    Returns:
-        The corrected complex image, same shape as ``image``.
-    """
-    grid = (image.shape[-2], image.shape[-1])
-    lr = (measured.shape[-2], measured.shape[-1])
-    kspace = fft2c(image)
-    mask = mask.to(torch.float32)
-    if grid == lr:
-        residual = mask * (measured - kspace)
-        weight = 1.0 if lam is None else lam / (1.0 + lam)
-        return ifft2c(kspace + weight * residual)
-    a2 = _intensity_factor(lr, grid) ** 2
-    residual = mask * (measured - crop_kspace(kspace, lr))
-    weight = 1.0 if lam is None else lam / (1.0 + lam)
-    return ifft2c(kspace + pad_kspace(weight * residual, grid) / a2)
-
+__all__ = ["Degraded", "KSpaceDegradation"]
 
 @dataclass
 class Degraded:
@@ -277,7 +111,7 @@ def _low_block(
         ((slice(hn, None), slice(None, wn)), (slice(None, hp), slice(W - wn, None))),
         ((slice(hn, None), slice(wn, None)), (slice(None, hp), slice(None, wp))),
     )
-    if pattern is not None and _functional_only(spectrum):
+    if pattern is not None and functional_only(spectrum):
         return _low_block(spectrum, shape) * pattern
     out = spectrum.new_empty(*spectrum.shape[:-2], h, w)
     if pattern is None:
@@ -311,7 +145,7 @@ class KSpaceDegradation(nn.Module):
 
     Args:
         scale: super-resolution factor s (2, 4 or 8); the LR grid is ``(H/s, W/s)``.
-        mask_func: a mask function from :func:`iconet_fastmri.masks.create_mask`,
+        mask_func: a mask function from :func:`iconet_fastmri.physics.masks.create_mask`,
             used when ``forward`` gets no mask (one draw per batch element).
             ``None`` with no mask passed means fully sampled LR k-space.
         noise_std: standard deviation of complex Gaussian noise added to each
@@ -425,11 +259,11 @@ class KSpaceDegradation(nn.Module):
         """
         batch = x.shape[0]
         sample_bytes = x[0].numel() * x.element_size() if batch else 0
-        if x.device.type != "cpu" or batch < 2 or batch * sample_bytes <= _CHUNK_ABOVE_BYTES:
+        if x.device.type != "cpu" or batch < 2 or batch * sample_bytes <= CHUNK_ABOVE_BYTES:
             return [(0, batch)]
-        per = max(1, _CHUNK_BYTES // max(sample_bytes, 1))
-        # Never a single 2D FFT per chunk (see iconet_fastmri.fft._chunk_bounds).
-        return _chunk_bounds(batch, per, min_size=1 if x.shape[1] >= 2 else 2)
+        per = max(1, CHUNK_BYTES // max(sample_bytes, 1))
+        # Never a single 2D FFT per chunk (see iconet_fastmri.physics.fft.chunk_bounds).
+        return chunk_bounds(batch, per, min_size=1 if x.shape[1] >= 2 else 2)
 
     def _noise(self, like: torch.Tensor) -> torch.Tensor:
         return torch.randn_like(like) * self.noise_std  # complex randn: var split over re/im
@@ -444,7 +278,7 @@ class KSpaceDegradation(nn.Module):
         H, W = x.shape[-2:]
         spectrum = torch.fft.fft2(x, norm="ortho")  # unshifted: the FFT floor
         dev = x.device
-        a = _intensity_factor(lr, (H, W))
+        a = intensity_factor(lr, (H, W))
 
         # LR: a * G holds the centred LR samples up to the sign pattern S.
         sign_k = checkerboard(lr[0], lr[1], dev, signed=True)  # S
@@ -478,7 +312,7 @@ class KSpaceDegradation(nn.Module):
         stage_targets = []
         for g in grids[1:-1]:  # intermediate stage outputs (x4: the x2 grid)
             image = torch.fft.ifft2(_low_block(spectrum, g), norm="ortho")
-            stage_targets.append(rss(image).mul_(_intensity_factor(g, (H, W))))
+            stage_targets.append(rss(image).mul_(intensity_factor(g, (H, W))))
         return lr_kspace, lr_clean_c, lr_observed, lr_input_c, stage_targets, lr_clean, lr_input
 
     def _general(self, x, mask, lr, grids, noise=None):

@@ -43,7 +43,7 @@ band of ``round(center_fraction * w)`` columns, the 2D masks a
 Extending: ``register_mask("mine", factory)`` where ``factory(**kwargs)``
 returns a :class:`MaskFunction` (or any callable with the same call
 signature), or, from another installed package, an entry point in the group
-``iconet_fastmri.masks`` whose object is such a factory.
+``iconet_fastmri.physics.masks`` whose object is such a factory.
 """
 
 from __future__ import annotations
@@ -291,7 +291,7 @@ def _calibration(h: int, w: int, cf: float) -> Tuple[int, int]:
 
 
 def _centre_slice(full: int, part: int) -> slice:
-    start = full // 2 - part // 2  # DC-aligned, as in iconet_fastmri.degradation
+    start = full // 2 - part // 2  # DC-aligned, as in iconet_fastmri.physics.degradation
     return slice(start, start + part)
 
 
