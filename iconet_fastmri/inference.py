@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -40,6 +38,7 @@ from torch.utils.data import DataLoader
 
 from . import __version__
 from .checkpoints import load_checkpoint
+from .io import atomic_write
 from .data.dataset import IconetSliceDataset
 from .data.transforms import IconetDataTransform
 from .physics.masks import MaskConfig
@@ -95,19 +94,15 @@ def load_method(
 
 
 def write_volume_atomic(path: Path, reconstruction: np.ndarray, attrs: Dict[str, Any]) -> None:
-    """Write ``reconstruction`` (+ attributes) to ``path`` through a temporary file and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """Write ``reconstruction`` (+ attributes) to ``path`` atomically (:func:`~iconet_fastmri.io.atomic_write`)."""
+
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("reconstruction", data=reconstruction.astype(np.float32))
             for key, value in attrs.items():
                 f.attrs[key] = value
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
@@ -34,6 +33,7 @@ import numpy as np
 from fastmri.data import SliceDataset
 from fastmri.data.mri_data import FastMRIRawDataSample
 
+from ..io import atomic_write_json
 from .validation import DEFAULT_MAX_SLICE_ELEMENTS, FastMRIFileError, validate_fastmri_file
 
 __all__ = ["IconetSliceDataset", "default_cache_dir"]
@@ -232,10 +232,6 @@ class IconetSliceDataset(SliceDataset):
         try:
             cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             path = self._cache_path(cache_dir, root)
-            fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp_", suffix=".json")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"version": _CACHE_VERSION, "files": entries}, f)
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
+            atomic_write_json(path, {"version": _CACHE_VERSION, "files": entries}, private=True)
         except OSError as err:  # a read-only home must not stop training
             log.warning("could not write dataset cache in %s: %s", cache_dir, err)

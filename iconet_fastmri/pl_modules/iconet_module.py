@@ -19,9 +19,7 @@ baseline ``val/psnr_bicubic`` (also ``val/ssim_bicubic``, ``val/nmse_bicubic``).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -32,6 +30,7 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_info
 
 from ..data.transforms import IconetSample
+from ..io import atomic_write_json
 from ..physics.degradation import Degraded, KSpaceDegradation
 from ..physics.operators import check_scale
 from ..losses import MultiStageLoss, magnitude
@@ -241,10 +240,7 @@ class IconetModule(pl.LightningModule):
         path = self.hparams.volume_metrics_file
         if path and self.global_rank == 0 and not self.trainer.sanity_checking:
             payload = {"stage": prefix, "epoch": int(self.current_epoch), "summary": summary, "volumes": results}
-            tmp = f"{path}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(payload, f, indent=1, sort_keys=True)
-            os.replace(tmp, path)
+            atomic_write_json(path, payload, indent=1, sort_keys=True)
         return summary
 
     def on_validation_epoch_start(self) -> None:
