@@ -9,7 +9,12 @@ Examples::
 
 What the CLI adds to Lightning's:
 
-* ``data.scale`` is linked to ``model.scale`` (set it once);
+* the network is injected: ``model.model`` takes any registered model by
+  ``class_path``/``init_args`` (``--model.model ICONet --model.model.init_args.width 32``;
+  ``--model.model.help ICONet`` lists its arguments);
+* the acquisition model lives under ``data``: ``data.scale`` is linked to the
+  network's ``scale``, and ``data.noise_std`` / ``data.kspace_steps`` to the
+  Lightning module (set each once), and ``model.mode`` sets the network's ``in_chans``;
 * a checkpoint callback (``checkpoint.*``, :class:`~iconet_fastmri.callbacks.IconetCheckpoint`)
   keeping the best ``val/psnr`` and an always-current ``last.ckpt`` in a fixed
   folder, so ``--ckpt_path last`` resumes;
@@ -31,14 +36,23 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from .callbacks import IconetCheckpoint
 from .checkpoints import load_checkpoint
+from .models import registered_name
 from .pl_modules import IconetDataModule, IconetModule
 
 __all__ = ["IconetCLI", "main"]
 
 
+def mode_channels(mode: str) -> int:
+    """Input channels of a ``model.mode``: 1 for magnitude, 2 for complex (real, imag)."""
+    return 1 if mode == "magnitude" else 2
+
+
 class IconetCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.scale", "model.scale")
+        parser.link_arguments("data.scale", "model.model.init_args.scale")
+        parser.link_arguments("data.noise_std", "model.noise_std")
+        parser.link_arguments("data.kspace_steps", "model.kspace_steps")
+        parser.link_arguments("model.mode", "model.model.init_args.in_chans", compute_fn=mode_channels)
         parser.add_lightning_class_args(IconetCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -59,7 +73,14 @@ class IconetCLI(LightningCLI):
         sub = self.config.get("subcommand")
         ckpt = self.config[sub].get("ckpt_path") if sub else None
         if ckpt and Path(ckpt).is_file():
-            load_checkpoint(ckpt)
+            hparams = load_checkpoint(ckpt).get("hyper_parameters") or {}
+            spec = hparams.get("model")
+            if isinstance(spec, dict) and "class_path" in spec:
+                # Lightning would import the checkpoint's class path: only registered models pass.
+                try:
+                    registered_name(spec["class_path"])
+                except ValueError as err:
+                    raise ValueError(f"checkpoint {ckpt}: {err}") from None
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:

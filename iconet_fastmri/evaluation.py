@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -24,10 +23,9 @@ import h5py
 import numpy as np
 import torch
 
-from .data.transforms import center_crop_2d, check_kspace
-from .physics.operators import rss
-from .physics.fft import ifft2c
-from .metrics import volume_metrics
+from .data.transforms import center_crop_2d, hr_target
+from .io import atomic_write_json
+from .metrics import METRIC_NAMES, volume_metrics
 
 __all__ = [
     "load_target_volume",
@@ -39,7 +37,6 @@ __all__ = [
     "PredictionError",
 ]
 
-METRICS = ("nmse", "psnr", "ssim")
 
 
 class PredictionError(ValueError):
@@ -47,9 +44,16 @@ class PredictionError(ValueError):
 
 
 def load_target_volume(
-    path: Union[str, Path], hr_crop: Tuple[int, int], target_key: Optional[str] = None
+    path: Union[str, Path],
+    hr_crop: Tuple[int, int],
+    target_key: Optional[str] = None,
+    pad_if_smaller: bool = False,
 ) -> Tuple[np.ndarray, Dict[str, Any]]:
-    """HR target volume ``(S, H, W)`` float32 of one raw fastMRI file, and its attributes."""
+    """HR target volume ``(S, H, W)`` float32 of one raw fastMRI file, and its attributes.
+
+    From the k-space by the training's HR grid rule (:func:`~.data.transforms.hr_target`),
+    or the file's own ``target_key`` dataset centre-cropped to ``hr_crop``.
+    """
     path = Path(path)
     with h5py.File(path, "r") as f:
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
@@ -60,11 +64,10 @@ def load_target_volume(
             return center_crop_2d(volume, hr_crop).numpy(), attrs
         if "kspace" not in f:
             raise KeyError(f"{path}: missing dataset 'kspace'")
-        slices = []
-        for i in range(f["kspace"].shape[0]):
-            kspace = check_kspace(f["kspace"][i], path.name, i)
-            images = center_crop_2d(ifft2c(torch.from_numpy(kspace.astype(np.complex64))), hr_crop)
-            slices.append(rss(images[None])[0, 0].numpy())
+        slices = [
+            hr_target(f["kspace"][i], hr_crop, pad_if_smaller, path.name, i).numpy()
+            for i in range(f["kspace"].shape[0])
+        ]
     return np.stack(slices).astype(np.float32), attrs
 
 
@@ -206,7 +209,7 @@ def summarize_rows(rows: Sequence[Dict[str, Any]], bootstrap: int = 0, seed: int
             "effective_acceleration": float(np.mean([m["effective_acceleration"] for m in members])),
             "volumes": len(members),
         }
-        for metric in METRICS:
+        for metric in METRIC_NAMES:
             values = np.array([m[metric] for m in members], dtype=np.float64)
             entry[f"{metric}_mean"] = float(values.mean())
             entry[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -235,7 +238,7 @@ def paired_comparison(
         raise ValueError(f"methods {method_a!r} and {method_b!r} share no volumes")
     rng = np.random.default_rng(seed)
     out: Dict[str, Any] = {"a": method_a, "b": method_b, "volumes": len(common)}
-    for metric in METRICS:
+    for metric in METRIC_NAMES:
         diff = np.array([by[method_a][f][metric] - by[method_b][f][metric] for f in common])
         lo, hi = _bootstrap_ci(diff, bootstrap, rng)
         try:
@@ -277,5 +280,5 @@ def format_table(table: Sequence[Dict[str, Any]]) -> str:
 
 
 def save_json(path: Union[str, Path], payload: Dict[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=1, sort_keys=True, default=float)
+    """Write ``payload`` as JSON, atomically (numpy scalars as floats)."""
+    atomic_write_json(path, payload, indent=1, sort_keys=True, default=float)

@@ -8,7 +8,6 @@ from typing import Optional, Sequence, Union
 
 import h5py
 import numpy as np
-import torch
 
 from .data.transforms import IconetDataTransform
 from .physics.degradation import KSpaceDegradation

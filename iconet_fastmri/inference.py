@@ -27,6 +27,7 @@ overwritten unless ``overwrite=True``.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -41,6 +42,7 @@ from .checkpoints import load_checkpoint
 from .io import atomic_write
 from .data.dataset import IconetSliceDataset
 from .data.transforms import IconetDataTransform
+from .models import build_model, model_from_spec
 from .physics.masks import MaskConfig
 from .pl_modules.iconet_module import IconetModule
 
@@ -70,27 +72,37 @@ def load_method(
             raise ValueError(f"unknown baseline {baseline!r}; choose one of {sorted(BASELINES)}")
         if scale is None:
             raise ValueError(f"baseline {baseline!r} needs --scale")
-        module = IconetModule(scale=scale, arch=BASELINES[baseline])
+        module = IconetModule(model=build_model(BASELINES[baseline], scale=scale))
         return module.eval(), {}, baseline
     ckpt = load_checkpoint(checkpoint)
     hparams = dict(ckpt.get("hyper_parameters") or {})
     if not hparams:
         raise ValueError(f"checkpoint {checkpoint} has no hyper_parameters: not an IconetModule checkpoint")
-    hparams.pop("_instantiator", None)
-    hparams["compile"] = False
-    hparams["volume_metrics_file"] = None
-    if scale is not None and int(scale) != int(hparams.get("scale", scale)):
+    spec = hparams.pop("model", None)
+    if not isinstance(spec, dict):
         raise ValueError(
-            f"checkpoint {checkpoint} was trained at scale {hparams.get('scale')}; a model cannot "
+            f"checkpoint {checkpoint} does not record its model as {{'class_path', 'init_args'}} "
+            f"(written by an older iconet-fastmri?); retrain or convert it"
+        )
+    try:
+        model = model_from_spec(spec)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint {checkpoint}: {err}") from err
+    if scale is not None and int(scale) != int(model.scale):
+        raise ValueError(
+            f"checkpoint {checkpoint} was trained at scale {model.scale}; a model cannot "
             f"run at scale {scale}"
         )
-    module = IconetModule(**hparams)
+    # Only the module's own settings are taken, and never a path or a compile request.
+    accepted = set(inspect.signature(IconetModule.__init__).parameters) - {"self", "model"}
+    settings = {k: v for k, v in hparams.items() if k in accepted}
+    settings.update(compile=False, volume_metrics_file=None)
+    module = IconetModule(model=model, **settings)
     missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {checkpoint} does not match its architecture: missing {missing}, unexpected {unexpected}")
     data = dict(ckpt.get("IconetDataModule") or {})
-    name = hparams.get("arch", "model")
-    return module.eval(), data, name
+    return module.eval(), data, module.method_name
 
 
 def write_volume_atomic(path: Path, reconstruction: np.ndarray, attrs: Dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""Multi-stage loss of ICONet (``docs/ICONET_SPEC.md``, "Loss")::
+"""Multi-stage loss of ICONet (``docs/MODEL.md``, "Loss")::
 
     L = Σ_k  λ_sr · L1(sr_k, stage_targets[k])  +  λ_rec · L1(rec_k, rec_targets[k])
 
@@ -9,7 +9,7 @@
   their magnitude ``sqrt(re² + im² + eps)`` (the eps keeps the gradient finite
   at exact zeros).
 * Per-slice normalisation: when the prediction carries a per-slice scale
-  (:attr:`IconetOutput.norm_scale`, ``(B, 1, 1, 1)``) and ``normalize=True``,
+  (:attr:`SROutput.norm_scale`, ``(B, 1, 1, 1)``) and ``normalize=True``,
   predictions and targets are both divided by it, i.e. the loss is computed in
   the model's normalised units as the spec prescribes; without a scale it is
   computed in the images' own units.
@@ -29,21 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .physics.degradation import Degraded
-from .models.iconet import IconetOutput
+from .models.common import SROutput, magnitude
 
-__all__ = ["MultiStageLoss", "SUPERVISE_MODES", "magnitude"]
+__all__ = ["MultiStageLoss", "SUPERVISE_MODES"]
 
 #: Valid values of ``MultiStageLoss(supervise=...)``.
 SUPERVISE_MODES: Tuple[str, ...] = ("all_stages", "last_stage")
-
-
-def magnitude(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Magnitude ``(B, 1, H, W)`` of a 1-channel (returned as is) or 2-channel (re, im) image."""
-    if x.shape[1] == 1:
-        return x
-    if x.shape[1] != 2:
-        raise ValueError(f"expected 1 (magnitude) or 2 (real, imag) channels, got {x.shape[1]}")
-    return (x.pow(2).sum(dim=1, keepdim=True) + eps).sqrt()
 
 
 def _pair(
@@ -76,7 +67,7 @@ class MultiStageLoss(nn.Module):
         normalize: use the prediction's per-slice scale when it has one (see module doc).
         eps: epsilon inside the complex magnitude's square root.
 
-    Call as ``loss(output, degraded)`` with an :class:`IconetOutput` and a
+    Call as ``loss(output, degraded)`` with an :class:`SROutput` and a
     :class:`Degraded`, or as
     ``loss(sr_stages, rec_stages, sr_targets, rec_targets, norm_scale=None)``
     with lists of ``(B, C, H, W)`` tensors.
@@ -111,16 +102,16 @@ class MultiStageLoss(nn.Module):
 
     def forward(
         self,
-        output: Union[IconetOutput, Sequence[torch.Tensor]],
+        output: Union[SROutput, Sequence[torch.Tensor]],
         degraded: Union[Degraded, Sequence[torch.Tensor], None] = None,
         sr_targets: Optional[Sequence[torch.Tensor]] = None,
         rec_targets: Optional[Sequence[torch.Tensor]] = None,
         norm_scale: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Compute the loss; see the class docstring for the two call forms."""
-        if isinstance(output, IconetOutput):
+        if isinstance(output, SROutput):
             if not isinstance(degraded, Degraded):
-                raise TypeError("loss(output: IconetOutput, degraded: Degraded) expects a Degraded")
+                raise TypeError("loss(output: SROutput, degraded: Degraded) expects a Degraded")
             sr_stages: Sequence[torch.Tensor] = output.sr_stages or [output.sr]
             rec_stages: Sequence[torch.Tensor] = output.rec_stages
             sr_targets = degraded.stage_targets

@@ -14,12 +14,10 @@ summary.csv, results.json and table.md to --out.
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iconet_fastmri.evaluation import (  # noqa: E402
+from iconet_fastmri.evaluation import (
     evaluate_folders,
     format_table,
     paired_comparison,

@@ -4,7 +4,7 @@
 Creates ``OUT/{challenge}_train`` and ``OUT/{challenge}_val`` (e.g.
 ``demo_data/singlecoil_train``) with anatomy-like phantoms, readable by
 ``fastmri.data.SliceDataset``. Re-running with the same arguments is a no-op
-unless ``--overwrite`` is given. See :mod:`iconet_fastmri.data.synthetic`.
+unless ``--overwrite`` is given. See :mod:`iconet_fastmri.demo`.
 
 Example (from the repository root)::
 
@@ -20,12 +20,7 @@ import sys
 import time
 from typing import List, Optional
 
-# Allow ``python scripts/make_demo_data.py`` from a checkout without installing.
-_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(_REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(_REPO_ROOT))
-
-from iconet_fastmri.data.synthetic import ANATOMIES, make_demo_splits  # noqa: E402
+from iconet_fastmri.demo import ANATOMIES, make_demo_splits
 
 
 def build_parser() -> argparse.ArgumentParser:

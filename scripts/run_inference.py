@@ -18,14 +18,12 @@ mask, HR grid). Masks are seeded per (file, slice): a rerun gives identical file
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iconet_fastmri.checkpoints import load_checkpoint  # noqa: E402
-from iconet_fastmri.inference import BASELINES, run_inference  # noqa: E402
-from iconet_fastmri.physics.masks import MaskConfig, available_masks  # noqa: E402
+from iconet_fastmri.checkpoints import load_checkpoint
+from iconet_fastmri.inference import BASELINES, run_inference
+from iconet_fastmri.physics.masks import MaskConfig, available_masks
 
 
 def parse_args(argv=None):

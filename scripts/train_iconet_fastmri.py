@@ -6,12 +6,7 @@
 See ``python scripts/train_iconet_fastmri.py fit --help`` and README.md.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from iconet_fastmri.cli import main  # noqa: E402
+from iconet_fastmri.cli import main
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from iconet_fastmri.data.synthetic import write_fastmri_dataset
+from iconet_fastmri.demo import write_fastmri_dataset
 
 # Keep the per-user dataset cache of the tests out of the real home folder.
 os.environ.setdefault("XDG_CACHE_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / "iconet_test_cache"))

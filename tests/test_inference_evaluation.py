@@ -14,6 +14,7 @@ from fastmri import evaluate
 from iconet_fastmri.evaluation import PredictionError, evaluate_folders, load_target_volume, summarize_rows
 from iconet_fastmri.inference import run_inference
 from iconet_fastmri.physics.masks import MaskConfig, mask_seed
+from iconet_fastmri.models import ICONet
 from iconet_fastmri.pl_modules import IconetModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +25,7 @@ def tiny_checkpoint(tmp_path_factory):
     """A (randomly initialised) ICONet checkpoint with the data settings inference reads."""
     path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
     torch.manual_seed(0)
-    module = IconetModule(scale=2, width=8, blocks_per_stage=1)
+    module = IconetModule(ICONet(scale=2, width=8, blocks_per_stage=1))
     torch.save(
         {
             "state_dict": module.state_dict(),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from iconet_fastmri.data.synthetic import write_fastmri_dataset
+from iconet_fastmri.demo import write_fastmri_dataset
 from iconet_fastmri.physics.masks import MaskConfig
 from iconet_fastmri.metrics import VolumeAccumulator, volume_metrics
 from iconet_fastmri.pl_modules import IconetDataModule
@@ -51,7 +51,8 @@ def _common(data, run_dir, challenge="singlecoil", epochs=2):
         "--trainer.log_every_n_steps", 1,
         "--trainer.enable_progress_bar", "false",
         "--trainer.num_sanity_val_steps", 0,
-        "--model.width", 8, "--model.blocks_per_stage", 1, "--model.lr", 3e-3,
+        "--model.model", "ICONet", "--model.model.init_args.width", 8,
+        "--model.model.init_args.blocks_per_stage", 1, "--model.lr", 3e-3,
         "--data.data_path", data, "--data.challenge", challenge,
         "--data.scale", 2, "--data.hr_crop", "[32, 32]",
         "--data.batch_size", 2, "--data.num_workers", 0,
@@ -155,7 +156,9 @@ def test_ddp_two_processes_match_single_process(tiny_data, tmp_path):
 def _tiny_module(**kw):
     from iconet_fastmri.pl_modules import IconetModule
 
-    return IconetModule(scale=2, width=8, blocks_per_stage=1, lr=1e-3, **kw)
+    from iconet_fastmri.models import ICONet
+
+    return IconetModule(ICONet(scale=2, width=8, blocks_per_stage=1), lr=1e-3, **kw)
 
 
 def _tiny_dm(root, **kw):

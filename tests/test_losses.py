@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from iconet_fastmri.physics.degradation import KSpaceDegradation
-from iconet_fastmri.losses import MultiStageLoss, magnitude
-from iconet_fastmri.models import ICONet, IconetOutput, T2NetLike
+from iconet_fastmri.losses import MultiStageLoss
+from iconet_fastmri.models.common import magnitude
+from iconet_fastmri.models import ICONet, SROutput, T2NetLike
 
 
 def t(values) -> torch.Tensor:
@@ -149,4 +150,4 @@ def test_errors() -> None:
     with pytest.raises(ValueError, match="matches 0 targets"):
         MultiStageLoss()([torch.zeros(1, 1, 3, 3)], [], [torch.zeros(1, 1, 2, 2)], [])
     with pytest.raises(TypeError):
-        MultiStageLoss()(IconetOutput(sr=torch.zeros(1, 1, 2, 2)), None)
+        MultiStageLoss()(SROutput(sr=torch.zeros(1, 1, 2, 2)), None)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fastmri.data import subsample
+from iconet_fastmri import registry as registry_mod
 from iconet_fastmri.physics import masks as masks_mod
 from iconet_fastmri.physics.masks import (
     MaskConfig,
@@ -182,15 +183,17 @@ def test_entry_point_plugin(monkeypatch):
         def load(self):
             return lambda **kw: (lambda shape, seed=None: (torch.ones(shape[-2:]), shape[-1]))
 
-    monkeypatch.setattr(masks_mod, "_ENTRY_POINTS_LOADED", False)
     monkeypatch.setattr(
-        masks_mod.metadata, "entry_points",
+        registry_mod.metadata, "entry_points",
         lambda group: [FakeEntryPoint()] if group == masks_mod.ENTRY_POINT_GROUP else [],
     )
-    assert "plugin_full_test" in available_masks()
-    mask, num_low = create_mask("plugin_full_test")((3, 5))
-    assert mask.sum() == 15 and num_low == 5
-    masks_mod._REGISTRY.pop("plugin_full_test")
+    masks_mod.MASKS.reload_entry_points()
+    try:
+        assert "plugin_full_test" in available_masks()
+        mask, num_low = create_mask("plugin_full_test")((3, 5))
+        assert mask.sum() == 15 and num_low == 5
+    finally:
+        masks_mod.MASKS.unregister("plugin_full_test")
 
 
 def test_file_mask_npy_h5_and_errors(tmp_path):

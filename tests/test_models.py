@@ -18,7 +18,7 @@ from iconet_fastmri.models import (
     RSCFL,
     BicubicSR,
     ICONet,
-    IconetOutput,
+    SROutput,
     SincSR,
     T2NetLike,
     UnetSR,
@@ -26,7 +26,7 @@ from iconet_fastmri.models import (
     build_model,
 )
 from iconet_fastmri.models.blocks import LayerNorm2d
-from iconet_fastmri.models.iconet import channels_to_complex
+from iconet_fastmri.models.common import channels_to_complex
 
 SMALL = dict(width=8, blocks_per_stage=1, num_heads=2)
 
@@ -84,7 +84,7 @@ def model_input(degraded: Degraded, in_chans: int) -> torch.Tensor:
     return torch.cat([z.real, z.imag], dim=1)
 
 
-def run_model(model: torch.nn.Module, degraded: Degraded, in_chans: int) -> IconetOutput:
+def run_model(model: torch.nn.Module, degraded: Degraded, in_chans: int) -> SROutput:
     x = model_input(degraded, in_chans)
     if getattr(model, "dc_mode", "none") != "none":
         return model(x, degraded.lr_observed, degraded.mask)
@@ -104,7 +104,7 @@ def test_iconet_output_shapes(scale: int, in_chans: int, lr_shape: Tuple[int, in
     out = model(x)
     h, w = lr_shape
     stages = int(math.log2(scale))
-    assert isinstance(out, IconetOutput)
+    assert isinstance(out, SROutput)
     assert out.sr.shape == (3, in_chans, scale * h, scale * w)
     assert len(out.sr_stages) == stages and len(out.rec_stages) == stages
     for k in range(stages):
@@ -153,8 +153,52 @@ def test_baseline_output_shapes(
 def test_registry() -> None:
     assert {"iconet", "bicubic", "sinc", "unet_sr", "t2net_like"} <= set(available_models())
     assert isinstance(build_model("iconet", **SMALL), ICONet)
-    with pytest.raises(ValueError, match="available models"):
+    with pytest.raises(ValueError, match="unknown model 'no_such_model'; registered models: .*iconet"):
         build_model("no_such_model")
+    with pytest.raises(ValueError, match=r"model 'iconet' does not take argument\(s\) \['widht'\]"):
+        build_model("iconet", widht=8)
+
+
+def test_model_spec_round_trip_and_refusal() -> None:
+    from iconet_fastmri.models import MODELS, model_from_spec, model_spec, register_model
+    from iconet_fastmri.models.common import SRModel
+
+    torch.manual_seed(0)
+    model = ICONet(scale=4, width=8, blocks_per_stage=1, fusion="concat")
+    spec = model_spec(model)
+    assert spec["class_path"] == "iconet_fastmri.models.iconet.ICONet"
+    assert spec["init_args"]["width"] == 8 and spec["init_args"]["fusion"] == "concat"
+    assert spec["init_args"]["scale"] == 4 and spec["init_args"]["num_heads"] == 4  # defaults filled in
+    rebuilt = model_from_spec(spec)
+    rebuilt.load_state_dict(model.state_dict())  # same architecture, strict
+    x = torch.rand(1, 1, 8, 8)
+    assert torch.equal(rebuilt(x).sr, model(x).sr)
+    for name in ("ICONet", "iconet", "iconet_fastmri.models.ICONet"):
+        assert isinstance(model_from_spec({"class_path": name, "init_args": {"width": 8}}), ICONet)
+    # A class path that is not registered is refused, and never imported.
+    with pytest.raises(ValueError, match="'os.system' is not a registered model"):
+        model_from_spec({"class_path": "os.system", "init_args": {}})
+    # A subclass records its own arguments (the most derived __init__), and registers.
+
+    class Tiny(SRModel):
+        def __init__(self, scale: int = 2, in_chans: int = 1, gain: float = 2.0) -> None:
+            super().__init__(scale, in_chans)
+            self.gain = gain
+
+        def run(self, x, *args):
+            from iconet_fastmri.models.common import SROutput, upsample_bicubic
+
+            sr = upsample_bicubic(x, self.scale) * self.gain
+            return SROutput(sr=sr, sr_stages=[sr])
+
+    register_model("tiny_test", Tiny)
+    try:
+        tiny = model_from_spec(model_spec(Tiny(gain=3.0)))
+        assert tiny.gain == 3.0 and tiny.init_args == {"scale": 2, "in_chans": 1, "gain": 3.0}
+        out = tiny(torch.full((1, 1, 4, 4), 2.0))
+        assert torch.allclose(out.sr, torch.full((1, 1, 8, 8), 6.0)) and out.norm_scale.item() == pytest.approx(2.0)
+    finally:
+        MODELS.unregister("tiny_test")
 
 
 # --------------------------------------------------------------------------- gradients

@@ -17,7 +17,7 @@ import torch
 
 from iconet_fastmri.checkpoints import UnsafeCheckpointError, load_checkpoint
 from iconet_fastmri.data.dataset import IconetSliceDataset
-from iconet_fastmri.data.synthetic import write_fastmri_dataset
+from iconet_fastmri.demo import write_fastmri_dataset
 from iconet_fastmri.inference import write_volume_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,8 @@ def _args(data, run, epochs, extra=()):
         "--trainer.default_root_dir", str(run),
         "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
         "--trainer.num_sanity_val_steps", "0",
-        "--model.width", "8", "--model.blocks_per_stage", "1", "--model.lr", "3e-3",
+        "--model.model", "ICONet", "--model.model.init_args.width", "8",
+        "--model.model.init_args.blocks_per_stage", "1", "--model.lr", "3e-3",
         "--data.data_path", str(data), "--data.scale", "2", "--data.hr_crop", "[32, 32]",
         "--data.batch_size", "2", "--data.num_workers", "1", "--data.use_dataset_cache", "false",
         *extra,

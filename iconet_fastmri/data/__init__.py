@@ -1,1 +1,1 @@
-"""Data layer: fastMRI HDF5 -> samples (transforms, file checks, demo data)."""
+"""Data layer: fastMRI HDF5 -> samples (file checks, the SliceDataset, per-slice transforms)."""

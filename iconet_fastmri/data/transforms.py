@@ -26,11 +26,18 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..physics.operators import lr_shape_for
+from ..physics.operators import lr_shape_for, rss
 from ..physics.fft import ifft2c
 from ..physics.masks import mask_seed
 
-__all__ = ["IconetSample", "IconetDataTransform", "check_kspace", "center_crop_2d"]
+__all__ = [
+    "IconetSample",
+    "IconetDataTransform",
+    "check_kspace",
+    "center_crop_2d",
+    "hr_coil_images",
+    "hr_target",
+]
 
 
 class IconetSample(NamedTuple):
@@ -95,6 +102,56 @@ def center_crop_2d(x: torch.Tensor, shape: Tuple[int, int]) -> torch.Tensor:
     return x[..., r0 : r0 + ch, c0 : c0 + cw]
 
 
+def hr_coil_images(
+    kspace: Any,
+    hr_crop: Sequence[int],
+    pad_if_smaller: bool = False,
+    fname: str = "",
+    slice_num: int = 0,
+) -> Tuple[torch.Tensor, bool]:
+    """The HR grid rule: raw k-space slice -> HR per-coil complex images ``(C, H, W)``.
+
+    The one rule that training, inference, evaluation and figures share:
+    checked k-space (:func:`check_kspace`), per-coil centred inverse FFT,
+    optional centred zero-padding of images smaller than ``hr_crop``
+    (``pad_if_smaller``), then the fastMRI centre crop to ``hr_crop``. The HR
+    target is :func:`~iconet_fastmri.physics.operators.rss` of the result
+    (:func:`hr_target`).
+
+    Returns:
+        ``(images, padded)``: complex64 ``(C, H, W)`` and whether padding was applied.
+    """
+    kspace = check_kspace(kspace, fname, slice_num)
+    images = ifft2c(torch.from_numpy(kspace.astype(np.complex64, copy=False)))
+    h, w = images.shape[-2:]
+    crop = (int(hr_crop[0]), int(hr_crop[1]))
+    padded = False
+    if pad_if_smaller and (crop[0] > h or crop[1] > w):
+        ph, pw = max(0, crop[0] - h), max(0, crop[1] - w)
+        images = torch.nn.functional.pad(images, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        h, w = images.shape[-2:]
+        padded = True
+    if crop[0] > h or crop[1] > w:
+        raise ValueError(
+            f"{fname}, slice {slice_num}: hr_crop {crop[0]}x{crop[1]} is larger "
+            f"than the image {h}x{w} reconstructed from its k-space"
+            + ("" if pad_if_smaller else " (pad_if_smaller pads such images)")
+        )
+    return center_crop_2d(images, crop), padded
+
+
+def hr_target(
+    kspace: Any, hr_crop: Sequence[int], pad_if_smaller: bool = False, fname: str = "", slice_num: int = 0
+) -> torch.Tensor:
+    """HR target ``(H, W)`` float32 of one raw k-space slice: RSS of :func:`hr_coil_images`.
+
+    Equals the file's ``reconstruction_esc`` / ``reconstruction_rss`` (to
+    float32 rounding) where fastMRI computed those on the same grid.
+    """
+    images, _ = hr_coil_images(kspace, hr_crop, pad_if_smaller, fname, slice_num)
+    return rss(images[None])[0, 0]
+
+
 class IconetDataTransform:
     """``transform`` for :class:`fastmri.data.SliceDataset` producing :class:`IconetSample`.
 
@@ -152,21 +209,7 @@ class IconetDataTransform:
         fname: str,
         slice_num: int,
     ) -> IconetSample:
-        kspace = check_kspace(kspace, fname, slice_num)
-        images = ifft2c(torch.from_numpy(kspace.astype(np.complex64, copy=False)))
-        h, w = images.shape[-2:]
-        padded = False
-        if self.pad_if_smaller and (self.hr_crop[0] > h or self.hr_crop[1] > w):
-            ph, pw = max(0, self.hr_crop[0] - h), max(0, self.hr_crop[1] - w)
-            images = torch.nn.functional.pad(images, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-            h, w = images.shape[-2:]
-            padded = True
-        if self.hr_crop[0] > h or self.hr_crop[1] > w:
-            raise ValueError(
-                f"{fname}, slice {slice_num}: hr_crop {self.hr_crop[0]}x{self.hr_crop[1]} is larger "
-                f"than the image {h}x{w} reconstructed from its k-space"
-            )
-        hr_images = center_crop_2d(images, self.hr_crop)
+        hr_images, padded = hr_coil_images(kspace, self.hr_crop, self.pad_if_smaller, fname, slice_num)
 
         if target is not None and not padded:
             target_t = torch.from_numpy(np.asarray(target, dtype=np.float32))

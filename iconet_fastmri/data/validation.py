@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import h5py
 import numpy as np
@@ -19,14 +19,13 @@ import numpy as np
 __all__ = [
     "FastMRIFileError",
     "validate_fastmri_file",
-    "list_fastmri_files",
     "DEFAULT_MAX_SLICE_ELEMENTS",
-    "ISMRMRD_NS",
+    "ISMRMRD_NAMESPACE",
 ]
 
 log = logging.getLogger(__name__)
 
-ISMRMRD_NS = "http://www.ismrm.org/ISMRMRD"
+ISMRMRD_NAMESPACE = "http://www.ismrm.org/ISMRMRD"
 #: Largest k-space slice (coils x rows x columns) accepted by default: 2**26
 #: complex samples = 512 MiB of complex64, far above any fastMRI slice (16 x 640 x 400).
 DEFAULT_MAX_SLICE_ELEMENTS = 2**26
@@ -53,7 +52,7 @@ class FastMRIFileError(ValueError):
 def _header_int(root: ET.Element, parts: Sequence[str]) -> int:
     node: Optional[ET.Element] = root
     for part in parts:
-        node = node.find(f"{{{ISMRMRD_NS}}}{part}") if node is not None else None
+        node = node.find(f"{{{ISMRMRD_NAMESPACE}}}{part}") if node is not None else None
     if node is None or node.text is None:
         raise KeyError("/".join(parts))
     return int(node.text.strip())
@@ -166,33 +165,3 @@ def validate_fastmri_file(
                 f"{max_slice_elements} samples per slice (max_slice_elements); refusing it",
             )
     return shape[0], shape
-
-
-def list_fastmri_files(
-    root: Union[str, Path],
-    challenge: Optional[str] = None,
-    skip_bad_files: bool = False,
-    max_slice_elements: int = DEFAULT_MAX_SLICE_ELEMENTS,
-) -> List[Path]:
-    """The valid ``*.h5`` files of a folder, sorted.
-
-    Other entries are ignored (fastmri's SliceDataset would crash on them).
-    A bad file raises :class:`FastMRIFileError`, or with ``skip_bad_files`` is
-    skipped with a warning that names it.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data folder {root} does not exist")
-    good: List[Path] = []
-    for path in sorted(root.glob("*.h5")):
-        try:
-            validate_fastmri_file(path, challenge, max_slice_elements)
-        except FastMRIFileError as err:
-            if not skip_bad_files:
-                raise
-            log.warning("skipping bad fastMRI file %s", err)
-            continue
-        good.append(path)
-    if not good:
-        raise FileNotFoundError(f"data folder {root} holds no usable fastMRI .h5 files")
-    return good

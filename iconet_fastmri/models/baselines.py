@@ -1,4 +1,4 @@
-"""Baselines under ICONet's interface: LR image ``(B, C, h, w)`` in, :class:`IconetOutput` out.
+"""Baselines under ICONet's interface: LR image ``(B, C, h, w)`` in, :class:`SROutput` out.
 
 * :class:`BicubicSR`: bicubic upsampling of the zero-filled LR input (no parameters).
 * :class:`SincSR`: zero-padding in k-space ("sinc" interpolation, no parameters).
@@ -8,66 +8,51 @@
   from T2Net's published description, not T2Net's code.
 
 ``C`` is 1 (magnitude) or 2 (real, imag), as for ICONet. Baselines without a
-reconstruction branch return ``rec_stages=[]`` and ``sr_stages=[sr]``.
+reconstruction branch return ``rec_stages=[]`` and ``sr_stages=[sr]``. All of
+them are :class:`~.common.SRModel` subclasses: the input check and the per-slice
+normalisation live there. The two parameter-free ones default to
+``normalize=False``: they are linear in their input (the magnitude of the sinc
+interpolation is positively homogeneous), so normalising would change their
+output only by float rounding, and without it ``BicubicSR`` is exactly
+``F.interpolate``. Their (untrained) loss is then in image units.
 """
 
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import List
 
 import torch
 import torch.nn.functional as F
 from fastmri.models import Unet
 from torch import nn
 
-from ..physics.operators import check_scale, sinc_upsample
+from ..physics.operators import sinc_upsample
 from .blocks import ResBlock
-from .iconet import (
-    IconetOutput,
-    channels_to_complex,
-    complex_to_channels,
-    per_slice_scale,
-    upsample_bicubic,
-)
+from .common import SRModel, SROutput, channels_to_complex, complex_to_channels, upsample_bicubic
 
 __all__ = ["BicubicSR", "SincSR", "UnetSR", "T2NetLike", "PixelShuffleUpsampler"]
 
 
-def _check_chans(in_chans: int) -> int:
-    if in_chans not in (1, 2):
-        raise ValueError(f"in_chans must be 1 (magnitude) or 2 (real, imag), got {in_chans}")
-    return in_chans
-
-
-def _check_input(x: torch.Tensor, in_chans: int) -> None:
-    if x.dim() != 4 or x.shape[1] != in_chans:
-        raise ValueError(
-            f"expected an LR image of shape (B, {in_chans}, h, w), got {tuple(x.shape)}"
-        )
-
-
-class BicubicSR(nn.Module):
+class BicubicSR(SRModel):
     """Bicubic upsampling of the zero-filled LR input (``align_corners=False``).
 
     Args:
         scale: super-resolution factor (2, 4 or 8).
         in_chans: 1 (magnitude) or 2 (real, imag; interpolated channel-wise).
+        normalize, norm_eps: see :class:`~.common.SRModel`.
     """
 
-    def __init__(self, scale: int = 2, in_chans: int = 1) -> None:
-        super().__init__()
-        self.scale = check_scale(scale)
-        self.in_chans = _check_chans(in_chans)
+    def __init__(self, scale: int = 2, in_chans: int = 1, normalize: bool = False, norm_eps: float = 1e-12) -> None:
+        super().__init__(scale, in_chans, normalize, norm_eps)
 
-    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> IconetOutput:
-        """``(B, C, h, w) -> sr (B, C, s·h, s·w)``; extra arguments are ignored."""
-        _check_input(x, self.in_chans)
+    def run(self, x: torch.Tensor, *args: object) -> SROutput:
+        """``(B, C, h, w) -> sr (B, C, s·h, s·w)``."""
         sr = upsample_bicubic(x, self.scale)
-        return IconetOutput(sr=sr, sr_stages=[sr], rec_stages=[])
+        return SROutput(sr=sr, sr_stages=[sr], rec_stages=[])
 
 
-class SincSR(nn.Module):
+class SincSR(SRModel):
     """Zero-padding ("sinc") interpolation in k-space via :func:`sinc_upsample`.
 
     Complex mode (``in_chans=2``) interpolates the complex image exactly. In
@@ -79,23 +64,21 @@ class SincSR(nn.Module):
     Args:
         scale: super-resolution factor (2, 4 or 8).
         in_chans: 1 (magnitude) or 2 (real, imag).
+        normalize, norm_eps: see :class:`~.common.SRModel`.
     """
 
-    def __init__(self, scale: int = 2, in_chans: int = 1) -> None:
-        super().__init__()
-        self.scale = check_scale(scale)
-        self.in_chans = _check_chans(in_chans)
+    def __init__(self, scale: int = 2, in_chans: int = 1, normalize: bool = False, norm_eps: float = 1e-12) -> None:
+        super().__init__(scale, in_chans, normalize, norm_eps)
 
-    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> IconetOutput:
-        """``(B, C, h, w) -> sr (B, C, s·h, s·w)``; extra arguments are ignored."""
-        _check_input(x, self.in_chans)
+    def run(self, x: torch.Tensor, *args: object) -> SROutput:
+        """``(B, C, h, w) -> sr (B, C, s·h, s·w)``."""
         grid = (x.shape[-2] * self.scale, x.shape[-1] * self.scale)
         if self.in_chans == 2:
             sr = complex_to_channels(sinc_upsample(channels_to_complex(x), grid))
         else:
             sr = sinc_upsample(x, grid).abs()
         sr = sr.to(x.dtype)
-        return IconetOutput(sr=sr, sr_stages=[sr], rec_stages=[])
+        return SROutput(sr=sr, sr_stages=[sr], rec_stages=[])
 
 
 class PixelShuffleUpsampler(nn.Sequential):
@@ -113,7 +96,7 @@ class PixelShuffleUpsampler(nn.Sequential):
         super().__init__(*layers)
 
 
-class UnetSR(nn.Module):
+class UnetSR(SRModel):
     """fastMRI U-Net on the LR grid followed by a pixel-shuffle upsampler.
 
     ::
@@ -148,12 +131,8 @@ class UnetSR(nn.Module):
         normalize: bool = True,
         norm_eps: float = 1e-12,
     ) -> None:
-        super().__init__()
-        self.scale = check_scale(scale)
-        self.in_chans = _check_chans(in_chans)
+        super().__init__(scale, in_chans, normalize, norm_eps)
         self.num_pool_layers = num_pool_layers
-        self.normalize = normalize
-        self.norm_eps = norm_eps
         self.unet = Unet(in_chans, in_chans, chans, num_pool_layers, drop_prob)
         self.up_head = nn.Conv2d(in_chans, chans, 3, padding=1)
         self.upsampler = PixelShuffleUpsampler(chans, self.scale)
@@ -169,24 +148,16 @@ class UnetSR(nn.Module):
         padded = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
         return self.unet(padded)[..., :h, :w]
 
-    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> IconetOutput:
-        """``(B, C, h, w) -> sr (B, C, s·h, s·w)``; extra arguments are ignored."""
-        _check_input(x, self.in_chans)
-        scale: Optional[torch.Tensor] = None
-        image = x
-        if self.normalize:
-            scale = per_slice_scale(x, self.norm_eps)
-            image = (x / scale).to(x.dtype)
+    def run(self, image: torch.Tensor, *args: object) -> SROutput:
+        """``(B, C, h, w) -> sr (B, C, s·h, s·w)``."""
         refined = image + self._unet_padded(image)
         sr = self.up_tail(self.upsampler(self.up_head(refined))) + upsample_bicubic(
             refined, self.scale
         )
-        if scale is not None:
-            sr = (sr * scale).to(x.dtype)
-        return IconetOutput(sr=sr, sr_stages=[sr], rec_stages=[], norm_scale=scale)
+        return SROutput(sr=sr, sr_stages=[sr], rec_stages=[])
 
 
-class T2NetLike(nn.Module):
+class T2NetLike(SRModel):
     """Two-branch joint reconstruction + SR network in the spirit of T2Net.
 
     ::
@@ -228,15 +199,11 @@ class T2NetLike(nn.Module):
         normalize: bool = True,
         norm_eps: float = 1e-12,
     ) -> None:
-        super().__init__()
-        self.scale = check_scale(scale)
-        self.in_chans = _check_chans(in_chans)
+        super().__init__(scale, in_chans, normalize, norm_eps)
         if num_blocks < 1 or num_transfers < 1:
             raise ValueError(
                 f"num_blocks and num_transfers must be >= 1, got {num_blocks}, {num_transfers}"
             )
-        self.normalize = normalize
-        self.norm_eps = norm_eps
         groups = min(num_transfers, num_blocks)
         base, extra = divmod(num_blocks, groups)
         sizes = [base + (1 if g < extra else 0) for g in range(groups)]
@@ -253,14 +220,8 @@ class T2NetLike(nn.Module):
         self.upsampler = PixelShuffleUpsampler(width, self.scale)
         self.tail_sr = nn.Conv2d(width, in_chans, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> IconetOutput:
+    def run(self, image: torch.Tensor, *args: object) -> SROutput:
         """``(B, C, h, w)`` -> ``sr (B, C, s·h, s·w)`` and ``rec_stages=[rec (B, C, h, w)]``."""
-        _check_input(x, self.in_chans)
-        scale: Optional[torch.Tensor] = None
-        image = x
-        if self.normalize:
-            scale = per_slice_scale(x, self.norm_eps)
-            image = (x / scale).to(x.dtype)
         rec_feats = self.head_rec(image)
         sr_feats = self.head_sr(image)
         for rec_group, sr_group, transfer in zip(self.rec_groups, self.sr_groups, self.transfers):
@@ -269,7 +230,4 @@ class T2NetLike(nn.Module):
             sr_feats = sr_feats + transfer(torch.cat([sr_feats, rec_feats], dim=1))
         rec = self.tail_rec(rec_feats) + image
         sr = self.tail_sr(self.upsampler(sr_feats)) + upsample_bicubic(rec, self.scale)
-        if scale is not None:
-            rec = (rec * scale).to(x.dtype)
-            sr = (sr * scale).to(x.dtype)
-        return IconetOutput(sr=sr, sr_stages=[sr], rec_stages=[rec], norm_scale=scale)
+        return SROutput(sr=sr, sr_stages=[sr], rec_stages=[rec])

@@ -1,6 +1,6 @@
 """ICONet: iterative collaboration of a reconstruction branch and an SR branch.
 
-Follows ``docs/ICONET_SPEC.md``. With ``K = log2(scale)`` stages (x2 each)::
+Follows ``docs/MODEL.md``. With ``K = log2(scale)`` stages (x2 each)::
 
     x0 = lr_input / σ                         per-slice scale σ (normalize=True)
     F0 = head(x0)                             conv3x3, in_chans -> width
@@ -15,7 +15,7 @@ Follows ``docs/ICONET_SPEC.md``. With ``K = log2(scale)`` stages (x2 each)::
         x_k = sr_k
     outputs (times σ): sr = sr_K, sr_stages = [sr_1..sr_K], rec_stages = [rec_1..rec_K]
 
-Design decisions beyond the spec (all documented in the report):
+Design decisions beyond the paper (all in ``docs/MODEL.md``):
 
 * **Rec tail after the fusion.** The spec's pseudo-code computes ``rec_k``
   from ``R_k`` *before* the fusion; the fused ``R_k'`` is then never used
@@ -30,7 +30,7 @@ Design decisions beyond the spec (all documented in the report):
   (the magnitude in both modes), detached; the input (and the measured
   k-space for DC) is divided by σ and every output multiplied back, so outputs
   are in the input's intensity units. The multi-stage loss uses
-  :attr:`IconetOutput.norm_scale` to compare in normalised units.
+  :attr:`SROutput.norm_scale` to compare in normalised units.
 * **Data consistency** acts in normalised units against ``measured / σ``;
   since DC is linear in (image, measured), this equals DC in input units.
 * With ``use_rec_branch=False`` there is nothing to fuse: the fusion setting is
@@ -41,7 +41,6 @@ Design decisions beyond the spec (all documented in the report):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import torch
@@ -49,76 +48,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..physics.operators import check_scale, data_consistency
+from ..physics.operators import data_consistency
 from .blocks import BLOCK_TYPES, build_block
+from .common import SRModel, SROutput, channels_to_complex, complex_to_channels, upsample_bicubic
 from .fusion import FUSION_TYPES, build_fusion
 
-__all__ = [
-    "IconetOutput",
-    "ICONet",
-    "DC_MODES",
-    "per_slice_scale",
-    "channels_to_complex",
-    "complex_to_channels",
-    "upsample_bicubic",
-]
+__all__ = ["ICONet", "DC_MODES", "FeatureBranch"]
 
 #: Valid values of ICONet's ``data_consistency`` argument.
 DC_MODES: Tuple[str, ...] = ("none", "hard", "soft")
-
-
-@dataclass
-class IconetOutput:
-    """What ICONet (and every baseline) returns.
-
-    Attributes:
-        sr: final HR estimate ``(B, C, s·h, s·w)``; ``C`` is the input's channel
-            count (1 magnitude, 2 real/imag).
-        sr_stages: SR estimate of every stage, stage k at ``(B, C, 2^k·h, 2^k·w)``;
-            the last one is ``sr``.
-        rec_stages: reconstruction prior of every stage at that stage's input
-            grid, stage k at ``(B, C, 2^(k-1)·h, 2^(k-1)·w)``; empty without a
-            reconstruction branch.
-        norm_scale: the per-slice intensity scale ``(B, 1, 1, 1)`` the model
-            divided its input by (``None`` when it did not normalise); the loss
-            uses it to compare in normalised units.
-    """
-
-    sr: torch.Tensor
-    sr_stages: List[torch.Tensor] = field(default_factory=list)
-    rec_stages: List[torch.Tensor] = field(default_factory=list)
-    norm_scale: Optional[torch.Tensor] = None
-
-
-def per_slice_scale(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Per-slice intensity scale: mean over pixels of the channel-RSS magnitude, plus ``eps``.
-
-    Args:
-        x: images ``(B, C, H, W)``, ``C = 1`` (magnitude) or ``2`` (real, imag).
-        eps: floor that keeps an all-zero slice finite.
-
-    Returns:
-        ``(B, 1, 1, 1)``, detached, in float32 (float64 for double input).
-    """
-    x = x.detach().to(torch.promote_types(x.dtype, torch.float32))
-    magnitude = x.pow(2).sum(dim=1, keepdim=True).sqrt()
-    return magnitude.mean(dim=(1, 2, 3), keepdim=True) + eps
-
-
-def channels_to_complex(x: torch.Tensor) -> torch.Tensor:
-    """``(B, 2, H, W)`` real/imag channels -> ``(B, 1, H, W)`` complex (complex64 or complex128)."""
-    x = x.to(torch.promote_types(x.dtype, torch.float32))
-    return torch.complex(x[:, 0:1], x[:, 1:2])
-
-
-def complex_to_channels(z: torch.Tensor) -> torch.Tensor:
-    """``(B, 1, H, W)`` complex -> ``(B, 2, H, W)`` real/imag channels."""
-    return torch.view_as_real(z).squeeze(1).permute(0, 3, 1, 2)
-
-
-def upsample_bicubic(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
-    """Bicubic upsampling ``(B, C, H, W) -> (B, C, f·H, f·W)`` (``align_corners=False``)."""
-    return F.interpolate(x, scale_factor=float(factor), mode="bicubic", align_corners=False)
 
 
 def _inverse_softplus(value: float) -> float:
@@ -151,7 +89,7 @@ class FeatureBranch(nn.Module):
         return x
 
 
-class ICONet(nn.Module):
+class ICONet(SRModel):
     """ICONet for joint MRI reconstruction and super-resolution.
 
     Args:
@@ -198,10 +136,7 @@ class ICONet(nn.Module):
         normalize: bool = True,
         norm_eps: float = 1e-12,
     ) -> None:
-        super().__init__()
-        self.scale = check_scale(scale)
-        if in_chans not in (1, 2):
-            raise ValueError(f"in_chans must be 1 (magnitude) or 2 (real, imag), got {in_chans}")
+        super().__init__(scale, in_chans, normalize, norm_eps)
         if fusion not in FUSION_TYPES:
             raise ValueError(f"unknown fusion {fusion!r}; valid fusions are {list(FUSION_TYPES)}")
         if block not in BLOCK_TYPES:
@@ -227,15 +162,12 @@ class ICONet(nn.Module):
         if dc_lambda_init <= 0:
             raise ValueError(f"dc_lambda_init must be > 0, got {dc_lambda_init}")
 
-        self.in_chans = in_chans
         self.width = width
         self.num_stages = int(round(math.log2(self.scale)))
         self.block_type = block
         self.use_rec_branch = use_rec_branch
         self.fusion_type = fusion if use_rec_branch else "none"
         self.dc_mode = data_consistency
-        self.normalize = normalize
-        self.norm_eps = norm_eps
 
         def branch() -> FeatureBranch:
             blocks = [
@@ -282,34 +214,10 @@ class ICONet(nn.Module):
             return None
         return F.softplus(self.dc_lambda_raw)
 
-    def _check_inputs(
-        self,
-        x: torch.Tensor,
-        measured_kspace: Optional[torch.Tensor],
-        mask: Optional[torch.Tensor],
-    ) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"expected an LR image of shape (B, {self.in_chans}, h, w), got {tuple(x.shape)}"
-            )
-        if self.dc_mode == "none":
-            return
-        if measured_kspace is None or mask is None:
-            raise ValueError(
-                f"data_consistency={self.dc_mode!r} needs measured_kspace (B, 1, h, w) complex "
-                f"and mask; got measured_kspace={'None' if measured_kspace is None else 'set'}, "
-                f"mask={'None' if mask is None else 'set'}"
-            )
-        if not measured_kspace.is_complex():
-            raise ValueError(
-                "measured_kspace must be a native complex tensor (B, 1, h, w), centred "
-                "(e.g. Degraded.lr_observed)"
-            )
-        if measured_kspace.shape[-2:] != x.shape[-2:]:
-            raise ValueError(
-                f"measured_kspace grid {tuple(measured_kspace.shape[-2:])} does not match the "
-                f"LR input grid {tuple(x.shape[-2:])}"
-            )
+    @property
+    def uses_kspace(self) -> bool:  # type: ignore[override]
+        """Data consistency needs the measured k-space and the mask."""
+        return self.dc_mode != "none"
 
     def _apply_dc(
         self, rec: torch.Tensor, measured: torch.Tensor, mask: torch.Tensor, stage: int
@@ -322,36 +230,13 @@ class ICONet(nn.Module):
         corrected = data_consistency(image, measured.to(image.dtype), mask, lam)
         return complex_to_channels(corrected).to(rec.dtype)
 
-    def forward(
+    def run(
         self,
-        x: torch.Tensor,
-        measured_kspace: Optional[torch.Tensor] = None,
-        mask: Optional[torch.Tensor] = None,
-    ) -> IconetOutput:
-        """Super-resolve an LR image.
-
-        Args:
-            x: LR input image ``(B, in_chans, h, w)`` (e.g. ``Degraded.lr_input``,
-                or the real/imag channels of ``Degraded.lr_input_complex``).
-            measured_kspace: centred measured LR k-space ``(B, 1, h, w)`` complex
-                (``Degraded.lr_observed``), in the same intensity units as
-                ``x``; required with data consistency.
-            mask: sampling mask broadcastable to ``(B, 1, h, w)``, 1 where
-                acquired; required with data consistency.
-
-        Returns:
-            :class:`IconetOutput` in the input's intensity units.
-        """
-        self._check_inputs(x, measured_kspace, mask)
-        scale: Optional[torch.Tensor] = None
-        image = x
-        measured = measured_kspace
-        if self.normalize:
-            scale = per_slice_scale(x, self.norm_eps)
-            image = (x / scale).to(x.dtype)
-            if measured is not None:
-                measured = measured / scale
-
+        image: torch.Tensor,
+        measured: Optional[torch.Tensor],
+        mask: Optional[torch.Tensor],
+    ) -> SROutput:
+        """The stages on a normalised LR image (see :meth:`SRModel.forward` for the arguments)."""
         feats = self.head(image)
         previous = image
         sr_stages: List[torch.Tensor] = []
@@ -363,7 +248,7 @@ class ICONet(nn.Module):
                 sr_feats, rec_feats = self.fusions[k](sr_feats, rec_feats)
                 rec = self.rec_tails[k](rec_feats) + previous
                 if self.dc_mode != "none":
-                    assert measured is not None and mask is not None  # checked above
+                    assert measured is not None and mask is not None  # checked by forward
                     rec = self._apply_dc(rec, measured, mask, k)
                 rec_stages.append(rec)
                 base = rec
@@ -373,10 +258,4 @@ class ICONet(nn.Module):
             sr = self.sr_tails[k](feats) + upsample_bicubic(base)
             sr_stages.append(sr)
             previous = sr
-
-        if scale is not None:
-            sr_stages = [(s * scale).to(x.dtype) for s in sr_stages]
-            rec_stages = [(r * scale).to(x.dtype) for r in rec_stages]
-        return IconetOutput(
-            sr=sr_stages[-1], sr_stages=sr_stages, rec_stages=rec_stages, norm_scale=scale
-        )
+        return SROutput(sr=sr_stages[-1], sr_stages=sr_stages, rec_stages=rec_stages)

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -55,9 +55,33 @@ from .fft import (
     functional_only,
     ifft2c,
 )
+from ..registry import Registry
 from .operators import check_scale, crop_kspace, intensity_factor, lr_shape_for, rss
 
-__all__ = ["Degraded", "KSpaceDegradation"]
+__all__ = ["Degraded", "KSpaceDegradation", "KSPACE_STEPS", "register_kspace_step", "build_kspace_steps"]
+
+#: Registry of acquisition effects on the acquired LR k-space (see ``KSpaceDegradation(steps=...)``);
+#: other packages add theirs through the entry-point group ``iconet_fastmri.kspace_steps``.
+KSPACE_STEPS = Registry("k-space step", "iconet_fastmri.kspace_steps")
+
+
+def register_kspace_step(name: str, factory: Callable[..., Any], overwrite: bool = False) -> None:
+    """Register an acquisition effect: ``factory(**options)`` returns ``step(kspace, mask) -> kspace``."""
+    KSPACE_STEPS.register(name, factory, overwrite=overwrite)
+
+
+def build_kspace_steps(specs: Sequence[Mapping[str, Any]]) -> List[Callable[..., torch.Tensor]]:
+    """Steps from plain specs, ``[{"name": "my_step", **options}, ...]`` (as configs give them).
+
+    Unknown names and options are ``ValueError`` at once (see :class:`~iconet_fastmri.registry.Registry`).
+    """
+    steps = []
+    for spec in specs:
+        if not isinstance(spec, Mapping) or "name" not in spec:
+            raise ValueError(f"a k-space step is a dict with a 'name' and its options, got {spec!r}")
+        options = {k: v for k, v in spec.items() if k != "name"}
+        steps.append(KSPACE_STEPS.build(spec["name"], **options))
+    return steps
 
 @dataclass
 class Degraded:
@@ -151,6 +175,14 @@ class KSpaceDegradation(nn.Module):
         noise_std: standard deviation of complex Gaussian noise added to each
             acquired LR k-space sample (per real/imaginary part, in the units
             of the intensity-preserving LR k-space).
+        steps: further acquisition effects, applied in order to the acquired
+            LR k-space after masking and noise: each is called as
+            ``step(kspace, mask) -> kspace`` on centred ``(B, C, h, w)``
+            complex k-space, and its output is masked again (samples that were
+            not acquired stay zero). Build them by name with
+            :func:`build_kspace_steps` (registry :data:`KSPACE_STEPS`). With
+            steps, the LR input is recomputed from the changed samples (one
+            more inverse FFT of the LR grid).
     """
 
     def __init__(
@@ -158,6 +190,7 @@ class KSpaceDegradation(nn.Module):
         scale: int,
         mask_func: Optional[Callable] = None,
         noise_std: float = 0.0,
+        steps: Sequence[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = (),
     ) -> None:
         super().__init__()
         self.scale = check_scale(scale)
@@ -165,6 +198,7 @@ class KSpaceDegradation(nn.Module):
         if noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {noise_std}")
         self.noise_std = float(noise_std)
+        self.steps = list(steps)
 
     @property
     def num_stages(self) -> int:
@@ -236,6 +270,11 @@ class KSpaceDegradation(nn.Module):
         (lr_kspace, lr_clean_c, lr_observed, lr_input_c, stage_targets, lr_clean, lr_input,
          hr_target) = merged
         stage_targets.append(hr_target)
+        if self.steps:
+            for step in self.steps:
+                lr_observed = step(lr_observed, mask) * mask
+            lr_input_c = ifft2c(lr_observed)
+            lr_input = rss(lr_input_c)
         return Degraded(
             hr_target=hr_target,
             lr_kspace=lr_kspace,

@@ -43,24 +43,42 @@ band of ``round(center_fraction * w)`` columns, the 2D masks a
 Extending: ``register_mask("mine", factory)`` where ``factory(**kwargs)``
 returns a :class:`MaskFunction` (or any callable with the same call
 signature), or, from another installed package, an entry point in the group
-``iconet_fastmri.physics.masks`` whose object is such a factory.
+``iconet_fastmri.masks`` whose object is such a factory. The classes live in
+:mod:`.mask_functions`; this module holds the seeding rules, the registry and
+:class:`MaskConfig`.
 """
 
 from __future__ import annotations
 
-import math
 import zlib
 from dataclasses import dataclass, field
-from importlib import metadata
-from inspect import signature
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional
 
-import numpy as np
 import torch
+
+from ..registry import Registry
+from .mask_functions import (
+    FastMRIMask,
+    FileMask,
+    Gaussian1DMask,
+    Gaussian2DMask,
+    MaskFunction,
+    MaskResult,
+    PoissonMask,
+    RadialMask,
+    fastmri_factory,
+)
 
 __all__ = [
     "MaskFunction",
+    "FastMRIMask",
+    "PoissonMask",
+    "Gaussian1DMask",
+    "Gaussian2DMask",
+    "RadialMask",
+    "FileMask",
+    "MASKS",
     "MaskConfig",
     "available_masks",
     "create_mask",
@@ -72,8 +90,6 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "iconet_fastmri.masks"
-
-MaskResult = Tuple[torch.Tensor, int]
 
 
 def mask_seed(fname: str, slice_num: int) -> int:
@@ -105,459 +121,26 @@ def effective_acceleration(mask: torch.Tensor) -> float:
     return float(mask.numel()) / acquired
 
 
-def _check_shape(shape: Sequence[int]) -> Tuple[int, int]:
-    if len(shape) < 2:
-        raise ValueError(f"mask shape needs at least 2 dimensions (h, w), got {tuple(shape)}")
-    h, w = int(shape[-2]), int(shape[-1])
-    if h < 1 or w < 1:
-        raise ValueError(f"invalid mask shape {tuple(shape)}")
-    return h, w
-
-
-def _as_list(values: Union[float, Sequence[float]], what: str) -> List[float]:
-    if isinstance(values, (int, float)):
-        values = [values]
-    values = [float(v) for v in values]
-    if not values:
-        raise ValueError(f"{what} must not be empty")
-    return values
-
-
-def _check_accelerations(accelerations: Sequence[float]) -> List[float]:
-    accelerations = _as_list(accelerations, "accelerations")
-    for r in accelerations:
-        if not r > 1:
-            raise ValueError(
-                f"acceleration {r} is not > 1: an undersampling mask must skip samples "
-                f"(use no mask for fully sampled LR k-space)"
-            )
-    return accelerations
-
-
-def _check_center_fractions(center_fractions: Sequence[float]) -> List[float]:
-    center_fractions = _as_list(center_fractions, "center_fractions")
-    for cf in center_fractions:
-        if not 0 <= cf < 1:
-            raise ValueError(f"center fraction {cf} must be in [0, 1)")
-    return center_fractions
-
-
-class MaskFunction:
-    """Base class: a seeded sampler of LR-grid masks.
-
-    Subclasses implement :meth:`sample`, which must draw all randomness from
-    the ``rng`` it is given.
-
-    Args:
-        seed: seed of the function's own RandomState (used when called without a seed).
-    """
-
-    name = "base"
-
-    def __init__(self, seed: Optional[int] = None) -> None:
-        self.rng = np.random.RandomState(seed)
-
-    def reseed(self, seed: int) -> None:
-        """Reseed the RNG used for calls without a seed (training masks)."""
-        self.rng.seed(int(seed) & 0xFFFFFFFF)
-
-    def sample(self, shape: Tuple[int, int], rng: np.random.RandomState) -> Tuple[np.ndarray, int]:
-        raise NotImplementedError
-
-    def __call__(self, shape: Sequence[int], seed: Optional[int] = None) -> MaskResult:
-        h, w = _check_shape(shape)
-        rng = self.rng if seed is None else np.random.RandomState(int(seed) & 0xFFFFFFFF)
-        mask, num_low = self.sample((h, w), rng)
-        mask = np.array(np.broadcast_to(np.asarray(mask, dtype=np.float32), (h, w)))
-        return torch.from_numpy(mask), int(num_low)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r})"
-
-
-class _AccelMask(MaskFunction):
-    """A mask with (center_fractions, accelerations) chosen per call, paired by index."""
-
-    def __init__(
-        self,
-        center_fractions: Sequence[float] = (0.08,),
-        accelerations: Sequence[float] = (4,),
-        seed: Optional[int] = None,
-    ) -> None:
-        super().__init__(seed)
-        self.center_fractions = _check_center_fractions(center_fractions)
-        self.accelerations = _check_accelerations(accelerations)
-        if len(self.center_fractions) != len(self.accelerations):
-            raise ValueError(
-                f"center_fractions {self.center_fractions} and accelerations "
-                f"{self.accelerations} must have the same length (they are paired)"
-            )
-
-    def choose(self, rng: np.random.RandomState) -> Tuple[float, float]:
-        choice = rng.randint(len(self.accelerations))
-        return self.center_fractions[choice], self.accelerations[choice]
-
-
-# --------------------------------------------------------------------------- fastMRI
-
-
-class FastMRIMask(MaskFunction):
-    """A :mod:`fastmri.data.subsample` mask function on our layout.
-
-    The fastMRI function is called with a shape whose columns (``shape[-2]``
-    in fastMRI's real view) are our phase-encode columns; its column mask is
-    broadcast over the rows. Seeds are passed through unchanged, so the same
-    seed gives the same mask as fastMRI itself.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        cls: type,
-        center_fractions: Sequence[float] = (0.08,),
-        accelerations: Sequence[float] = (4,),
-        allow_any_combination: bool = False,
-        seed: Optional[int] = None,
-    ) -> None:
-        super().__init__(seed)
-        self.name = name
-        center_fractions = _check_center_fractions(center_fractions)
-        accelerations = _check_accelerations(accelerations)
-        if not allow_any_combination and len(center_fractions) != len(accelerations):
-            raise ValueError(
-                f"center_fractions {center_fractions} and accelerations {accelerations} must have "
-                f"the same length unless allow_any_combination=True"
-            )
-        if name.startswith(("equispaced", "magic")):
-            for r in accelerations:
-                if r != int(r):
-                    raise ValueError(f"mask {name!r} needs integer accelerations, got {r}")
-            accelerations = [int(r) for r in accelerations]
-        self.center_fractions = center_fractions
-        self.accelerations = accelerations
-        self.fastmri_func = cls(
-            center_fractions=center_fractions,
-            accelerations=accelerations,
-            allow_any_combination=allow_any_combination,
-            seed=seed,
-        )
-        # One RandomState shared with fastMRI, so reseed() reaches it.
-        self.rng = self.fastmri_func.rng
-
-    def __call__(self, shape: Sequence[int], seed: Optional[int] = None) -> MaskResult:
-        h, w = _check_shape(shape)
-        try:
-            mask, num_low = self.fastmri_func((1, h, w, 2), seed=seed)
-        except ValueError as err:
-            if "high <= 0" in str(err):  # fastMRI issue #344
-                raise ValueError(
-                    f"mask {self.name!r} cannot reach accelerations {self.accelerations} with "
-                    f"center_fractions {self.center_fractions} on {w} columns: the centre band "
-                    f"alone is at least w/R columns; lower the center fraction or the acceleration"
-                ) from err
-            raise
-        columns = mask.reshape(1, w).to(torch.float32)
-        return columns.expand(h, w).contiguous(), int(num_low)
-
-
-def _fastmri_factory(name: str, cls_name: str) -> Callable[..., MaskFunction]:
-    def factory(
-        center_fractions: Sequence[float] = (0.08,),
-        accelerations: Sequence[float] = (4,),
-        allow_any_combination: bool = False,
-        seed: Optional[int] = None,
-    ) -> MaskFunction:
-        from fastmri.data import subsample
-
-        return FastMRIMask(
-            name,
-            getattr(subsample, cls_name),
-            center_fractions=center_fractions,
-            accelerations=accelerations,
-            allow_any_combination=allow_any_combination,
-            seed=seed,
-        )
-
-    factory.__name__ = f"{name}_mask"
-    factory.__doc__ = f"fastMRI ``{cls_name}`` on the LR grid."
-    return factory
-
-
-# --------------------------------------------------------------------------- 2D and VD masks
-
-
-def _calibration(h: int, w: int, cf: float) -> Tuple[int, int]:
-    return max(2, int(round(cf * h))), max(2, int(round(cf * w)))
-
-
-def _centre_slice(full: int, part: int) -> slice:
-    start = full // 2 - part // 2  # DC-aligned, as in iconet_fastmri.physics.degradation
-    return slice(start, start + part)
-
-
-class PoissonMask(_AccelMask):
-    """Variable-density Poisson-disc 2D mask (``sigpy.mri.poisson``) with a calibration block.
-
-    The acceleration is met within ``tol`` (sigpy's tolerance, default 0.1)
-    on the whole grid; corners outside the inscribed ellipse are not sampled
-    (``crop_corner``).
-    """
-
-    name = "poisson"
-
-    def __init__(
-        self,
-        center_fractions: Sequence[float] = (0.08,),
-        accelerations: Sequence[float] = (4,),
-        crop_corner: bool = True,
-        tol: float = 0.1,
-        seed: Optional[int] = None,
-    ) -> None:
-        super().__init__(center_fractions, accelerations, seed)
-        self.crop_corner = crop_corner
-        self.tol = tol
-
-    def sample(self, shape, rng):
-        import sigpy.mri
-
-        h, w = shape
-        cf, r = self.choose(rng)
-        calib = _calibration(h, w, cf)
-        try:
-            mask = sigpy.mri.poisson(
-                (h, w),
-                r,
-                calib=calib,
-                dtype=np.float32,
-                crop_corner=self.crop_corner,
-                seed=int(rng.randint(0, 2**31 - 1)),
-                tol=self.tol,
-            )
-        except ValueError as err:
-            raise ValueError(
-                f"poisson mask: sigpy cannot reach acceleration {r} on a {h}x{w} grid with a "
-                f"{calib[0]}x{calib[1]} calibration block ({err})"
-            ) from err
-        mask = np.abs(mask).astype(np.float32)
-        mask[_centre_slice(h, calib[0]), _centre_slice(w, calib[1])] = 1.0
-        return mask, calib[1]
-
-
-class _GaussianDensityMask(_AccelMask):
-    """Shared arguments of the Gaussian variable-density masks.
-
-    Args:
-        std_fraction: standard deviation of the Gaussian density as a fraction
-            of the grid size along each sampled axis.
-    """
-
-    def __init__(
-        self,
-        center_fractions: Sequence[float] = (0.08,),
-        accelerations: Sequence[float] = (4,),
-        std_fraction: float = 0.25,
-        seed: Optional[int] = None,
-    ) -> None:
-        super().__init__(center_fractions, accelerations, seed)
-        if std_fraction <= 0:
-            raise ValueError(f"std_fraction must be > 0, got {std_fraction}")
-        self.std_fraction = std_fraction
-
-
-
-class Gaussian1DMask(_GaussianDensityMask):
-    """1D variable density: a centre band plus columns drawn with Gaussian weights.
-
-    Exactly ``round(w / R)`` columns are acquired (at least the centre band).
-    """
-
-    name = "gaussian1d"
-
-    def sample(self, shape, rng):
-        h, w = shape
-        cf, r = self.choose(rng)
-        num_low = max(1, int(round(cf * w)))
-        columns = np.zeros(w, dtype=np.float32)
-        columns[_centre_slice(w, num_low)] = 1
-        remaining = max(0, int(round(w / r)) - num_low)
-        free = np.flatnonzero(columns == 0)
-        if remaining > 0 and free.size:
-            dist = free - w // 2
-            weight = np.exp(-0.5 * (dist / (self.std_fraction * w)) ** 2)
-            picked = rng.choice(free, size=min(remaining, free.size), replace=False, p=weight / weight.sum())
-            columns[picked] = 1
-        return np.broadcast_to(columns, (h, w)), num_low
-
-
-class Gaussian2DMask(_GaussianDensityMask):
-    """2D variable density: a calibration block plus points drawn with 2D Gaussian weights.
-
-    Exactly ``round(h * w / R)`` samples are acquired (at least the block).
-    """
-
-    name = "gaussian2d"
-
-    def sample(self, shape, rng):
-        h, w = shape
-        cf, r = self.choose(rng)
-        calib = _calibration(h, w, cf)
-        mask = np.zeros((h, w), dtype=np.float32)
-        mask[_centre_slice(h, calib[0]), _centre_slice(w, calib[1])] = 1
-        remaining = int(round(h * w / r)) - int(mask.sum())
-        free = np.flatnonzero(mask.ravel() == 0)
-        if remaining > 0 and free.size:
-            rows, cols = np.divmod(free, w)
-            dy = (rows - h // 2) / (self.std_fraction * h)
-            dx = (cols - w // 2) / (self.std_fraction * w)
-            weight = np.exp(-0.5 * (dx**2 + dy**2))
-            picked = rng.choice(free, size=min(remaining, free.size), replace=False, p=weight / weight.sum())
-            mask.ravel()[picked] = 1
-        return mask, calib[1]
-
-
-class RadialMask(_AccelMask):
-    """Radial spokes through the k-space centre, rasterised on the Cartesian grid.
-
-    The number of equally spaced spokes (with a random rotation per draw) is
-    the one whose rasterised coverage is closest to ``1 / R``, counting a
-    fully sampled calibration block of ``round(cf * h) x round(cf * w)``.
-    """
-
-    name = "radial"
-
-    def __init__(
-        self,
-        center_fractions: Sequence[float] = (0.04,),
-        accelerations: Sequence[float] = (4,),
-        seed: Optional[int] = None,
-    ) -> None:
-        super().__init__(center_fractions, accelerations, seed)
-
-    @staticmethod
-    def _raster(h: int, w: int, spokes: int, rotation: float, calib: Tuple[int, int]) -> np.ndarray:
-        mask = np.zeros((h, w), dtype=np.float32)
-        mask[_centre_slice(h, calib[0]), _centre_slice(w, calib[1])] = 1
-        angles = rotation + np.pi * np.arange(spokes) / spokes
-        half = 0.5 * math.hypot(h, w)
-        t = np.arange(-half, half + 0.25, 0.25)
-        rows = np.rint(h // 2 + np.outer(np.sin(angles), t)).astype(np.int64).ravel()
-        cols = np.rint(w // 2 + np.outer(np.cos(angles), t)).astype(np.int64).ravel()
-        keep = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
-        mask[rows[keep], cols[keep]] = 1
-        return mask
-
-    def sample(self, shape, rng):
-        h, w = shape
-        cf, r = self.choose(rng)
-        calib = _calibration(h, w, cf)
-        rotation = rng.uniform(0, np.pi)
-        target = h * w / r
-        lo, hi = 1, 4 * max(h, w)
-        while lo < hi:  # smallest spoke count reaching the target coverage
-            mid = (lo + hi) // 2
-            if self._raster(h, w, mid, rotation, calib).sum() < target:
-                lo = mid + 1
-            else:
-                hi = mid
-        best = min(
-            (max(1, lo - 1), lo),
-            key=lambda n: abs(self._raster(h, w, n, rotation, calib).sum() - target),
-        )
-        return self._raster(h, w, best, rotation, calib), calib[1]
-
-
-class FileMask(MaskFunction):
-    """A fixed mask from a ``.npy`` file or an HDF5 dataset (``key``, default ``"mask"``).
-
-    A 1D mask of length ``w`` selects columns and is broadcast over the rows;
-    a 2D mask must match the LR grid ``(h, w)`` exactly. Values must be 0 or 1.
-    """
-
-    name = "file"
-
-    def __init__(self, path: Union[str, Path], key: str = "mask", seed: Optional[int] = None) -> None:
-        super().__init__(seed)
-        self.path = Path(path)
-        self.key = key
-        self.array = self._load()
-
-    def _load(self) -> np.ndarray:
-        path = self.path
-        if not path.is_file():
-            raise FileNotFoundError(f"mask file {str(path)!r} does not exist")
-        suffix = path.suffix.lower()
-        if suffix == ".npy":
-            try:
-                array = np.load(path, allow_pickle=False)
-            except (ValueError, OSError) as err:
-                raise ValueError(f"mask file {str(path)!r} is not a readable .npy array: {err}") from err
-        elif suffix in (".h5", ".hdf5"):
-            import h5py
-
-            try:
-                with h5py.File(path, "r") as f:
-                    if self.key not in f:
-                        raise KeyError(
-                            f"mask file {str(path)!r} has no dataset {self.key!r} "
-                            f"(it has {sorted(f.keys())})"
-                        )
-                    array = np.asarray(f[self.key])
-            except OSError as err:
-                raise ValueError(f"mask file {str(path)!r} is not a readable HDF5 file: {err}") from err
-        else:
-            raise ValueError(f"mask file {str(path)!r}: expected a .npy or .h5 file")
-        array = np.squeeze(np.asarray(array))
-        if array.ndim not in (1, 2):
-            raise ValueError(f"mask file {str(path)!r} holds an array of shape {array.shape}; expected (w,) or (h, w)")
-        if not np.isin(array, (0, 1)).all():
-            raise ValueError(f"mask file {str(path)!r} holds values other than 0 and 1")
-        if array.sum() == 0:
-            raise ValueError(f"mask file {str(path)!r} acquires no samples")
-        return array.astype(np.float32)
-
-    def sample(self, shape, rng):
-        h, w = shape
-        array = self.array
-        if array.ndim == 1:
-            if array.shape[0] != w:
-                raise ValueError(
-                    f"mask file {str(self.path)!r} has {array.shape[0]} columns but the LR grid is {h}x{w}"
-                )
-            columns = array
-        else:
-            if array.shape != (h, w):
-                raise ValueError(
-                    f"mask file {str(self.path)!r} has shape {array.shape} but the LR grid is {(h, w)}"
-                )
-            columns = array.all(axis=0).astype(np.float32)
-        # Fully sampled centre columns: the contiguous run around the centre.
-        num_low = 0
-        c = w // 2
-        if columns[c]:
-            lo = hi = c
-            while lo - 1 >= 0 and columns[lo - 1]:
-                lo -= 1
-            while hi + 1 < w and columns[hi + 1]:
-                hi += 1
-            num_low = hi - lo + 1
-        return np.broadcast_to(array, (h, w)), num_low
-
-
 # --------------------------------------------------------------------------- registry
 
-_REGISTRY: Dict[str, Callable[..., Any]] = {
-    "random": _fastmri_factory("random", "RandomMaskFunc"),
-    "equispaced": _fastmri_factory("equispaced", "EquiSpacedMaskFunc"),
-    "equispaced_fraction": _fastmri_factory("equispaced_fraction", "EquispacedMaskFractionFunc"),
-    "magic": _fastmri_factory("magic", "MagicMaskFunc"),
-    "magic_fraction": _fastmri_factory("magic_fraction", "MagicMaskFractionFunc"),
-    "poisson": PoissonMask,
-    "gaussian1d": Gaussian1DMask,
-    "gaussian2d": Gaussian2DMask,
-    "radial": RadialMask,
-    "file": FileMask,
-}
-_ENTRY_POINTS_LOADED = False
+#: The mask registry (:class:`~iconet_fastmri.registry.Registry`): built-in masks,
+#: :func:`register_mask` calls and the entry-point group :data:`ENTRY_POINT_GROUP`.
+MASKS = Registry(
+    "mask",
+    ENTRY_POINT_GROUP,
+    builtins={
+        "random": fastmri_factory("random", "RandomMaskFunc"),
+        "equispaced": fastmri_factory("equispaced", "EquiSpacedMaskFunc"),
+        "equispaced_fraction": fastmri_factory("equispaced_fraction", "EquispacedMaskFractionFunc"),
+        "magic": fastmri_factory("magic", "MagicMaskFunc"),
+        "magic_fraction": fastmri_factory("magic_fraction", "MagicMaskFractionFunc"),
+        "poisson": PoissonMask,
+        "gaussian1d": Gaussian1DMask,
+        "gaussian2d": Gaussian2DMask,
+        "radial": RadialMask,
+        "file": FileMask,
+    },
+)
 
 
 def register_mask(name: str, factory: Callable[..., Any], overwrite: bool = False) -> None:
@@ -569,29 +152,12 @@ def register_mask(name: str, factory: Callable[..., Any], overwrite: bool = Fals
             function ``f((h, w), seed=None) -> (mask, num_low_frequencies)``.
         overwrite: allow replacing an existing name.
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"mask name must be a non-empty string, got {name!r}")
-    if not callable(factory):
-        raise TypeError(f"mask factory for {name!r} must be callable, got {factory!r}")
-    if name in _REGISTRY and not overwrite:
-        raise ValueError(f"mask {name!r} is already registered; pass overwrite=True to replace it")
-    _REGISTRY[name] = factory
-
-
-def _load_entry_points() -> None:
-    global _ENTRY_POINTS_LOADED
-    if _ENTRY_POINTS_LOADED:
-        return
-    _ENTRY_POINTS_LOADED = True
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in _REGISTRY:
-            _REGISTRY[ep.name] = ep.load()
+    MASKS.register(name, factory, overwrite=overwrite)
 
 
 def available_masks() -> List[str]:
     """Names of all registered masks, built-in and from entry points."""
-    _load_entry_points()
-    return sorted(_REGISTRY)
+    return MASKS.names()
 
 
 def create_mask(name: str, **kwargs: Any) -> Callable[..., MaskResult]:
@@ -601,22 +167,7 @@ def create_mask(name: str, **kwargs: Any) -> Callable[..., MaskResult]:
         ValueError: unknown name (the message lists the registered names) or
             invalid arguments (named in the message).
     """
-    _load_entry_points()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown mask {name!r}; registered masks: {', '.join(sorted(_REGISTRY))}")
-    factory = _REGISTRY[name]
-    try:
-        params = signature(factory).parameters
-    except (TypeError, ValueError):
-        params = {}
-    accepts_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
-    unknown = [k for k in kwargs if params and not accepts_any and k not in params]
-    if unknown:
-        raise ValueError(
-            f"mask {name!r} does not take argument(s) {unknown}; it takes "
-            f"{[k for k in params if k != 'self']}"
-        )
-    return factory(**kwargs)
+    return MASKS.build(name, **kwargs)
 
 
 @dataclass
@@ -644,21 +195,16 @@ class MaskConfig:
 
     def kwargs(self) -> Dict[str, Any]:
         """The keyword arguments this config passes to the mask's factory."""
-        _load_entry_points()
-        if self.name not in _REGISTRY:
-            raise ValueError(f"unknown mask {self.name!r}; registered masks: {', '.join(sorted(_REGISTRY))}")
-        try:
-            params = signature(_REGISTRY[self.name]).parameters
-        except (TypeError, ValueError):
-            params = {}
-        accepts_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+        accepted = MASKS.accepted_kwargs(self.name)
         candidates = {
             "center_fractions": self.center_fractions,
             "accelerations": self.accelerations,
             "seed": self.seed,
             "path": self.path,
         }
-        kwargs = {k: v for k, v in candidates.items() if (accepts_any or k in params) and v is not None}
+        kwargs = {
+            k: v for k, v in candidates.items() if (accepted is None or k in accepted) and v is not None
+        }
         if self.name == "file" and self.path is None:
             raise ValueError("mask 'file' needs a path (--data.mask.path FILE.npy|FILE.h5)")
         kwargs.update(self.options)

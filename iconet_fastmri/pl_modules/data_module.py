@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -37,6 +37,7 @@ from ..data.dataset import IconetSliceDataset
 from ..data.transforms import IconetDataTransform
 from ..data.validation import DEFAULT_MAX_SLICE_ELEMENTS
 from ..physics.operators import check_scale
+from ..physics.degradation import build_kspace_steps
 from ..physics.masks import MaskConfig, worker_seed
 
 __all__ = ["IconetDataModule"]
@@ -83,8 +84,15 @@ class IconetDataModule(pl.LightningDataModule):
     Args:
         data_path: folder holding the split folders (``singlecoil_train`` ...).
         challenge: ``"singlecoil"`` or ``"multicoil"``.
-        scale: super-resolution factor s (linked to the model's scale by the CLI).
+        scale: super-resolution factor s.
         mask: the undersampling mask on the LR grid (name + arguments).
+        noise_std: complex Gaussian noise on the acquired LR k-space samples.
+        kspace_steps: further acquisition effects, ``[{"name": ..., **options}]``
+            (:data:`~iconet_fastmri.physics.degradation.KSPACE_STEPS`).
+            ``scale``, ``mask``, ``noise_std`` and ``kspace_steps`` are the
+            acquisition model, set here in one place; the CLI links ``scale`` to
+            the network and ``noise_std`` and ``kspace_steps`` to the Lightning
+            module, which applies them on the device.
         hr_crop: HR grid ``[H, W]`` (fastMRI reconstructions: 320x320).
         patch_size: optional random HR training patch ``[ph, pw]`` (multiples of s).
         batch_size: slices per batch (per device).
@@ -111,6 +119,8 @@ class IconetDataModule(pl.LightningDataModule):
         challenge: str = "singlecoil",
         scale: int = 2,
         mask: MaskConfig = MaskConfig(),
+        noise_std: float = 0.0,
+        kspace_steps: Optional[List[Dict[str, Any]]] = None,
         hr_crop: Tuple[int, int] = (320, 320),
         patch_size: Optional[Tuple[int, int]] = None,
         batch_size: int = 8,
@@ -142,6 +152,11 @@ class IconetDataModule(pl.LightningDataModule):
             mask = MaskConfig(**mask)
         self.mask = mask
         self.mask.build()  # fail at start-up on a bad mask, not in a worker
+        if noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+        self.noise_std = float(noise_std)
+        self.kspace_steps = [dict(spec) for spec in (kspace_steps or [])]
+        build_kspace_steps(self.kspace_steps)  # unknown names and options fail at start-up
         self.data_path = Path(data_path)
         self.challenge = challenge
         self.hr_crop = (int(hr_crop[0]), int(hr_crop[1]))
@@ -184,7 +199,7 @@ class IconetDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         if not self.demo:
             return
-        from ..data.synthetic import make_demo_splits
+        from ..demo import make_demo_splits
 
         make_demo_splits(
             self.data_path,

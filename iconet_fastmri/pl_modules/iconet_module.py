@@ -20,46 +20,54 @@ baseline ``val/psnr_bicubic`` (also ``val/ssim_bicubic``, ``val/nmse_bicubic``).
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 from pytorch_lightning.utilities import rank_zero_info
 
 from ..data.transforms import IconetSample
 from ..io import atomic_write_json
-from ..physics.degradation import Degraded, KSpaceDegradation
-from ..physics.operators import check_scale
-from ..losses import MultiStageLoss, magnitude
+from ..physics.degradation import Degraded, KSpaceDegradation, build_kspace_steps
+from ..losses import MultiStageLoss
 from ..metrics import VolumeAccumulator, merge_results, summarize
-from ..models import BicubicSR, build_model
+from ..models import MODELS, BicubicSR, SRModel, model_spec
+from ..models.common import magnitude
 
 __all__ = ["IconetModule"]
 
 log = logging.getLogger(__name__)
 
-ICONET_ARGS = ("width", "blocks_per_stage", "fusion", "block", "data_consistency", "use_rec_branch", "checkpoint_blocks")
-
-
 class IconetModule(pl.LightningModule):
-    """ICONet (or a baseline) trained on k-space-simulated LR acquisitions.
+    """ICONet (or any :class:`~iconet_fastmri.models.SRModel`) trained on k-space-simulated LR acquisitions.
 
     Args:
-        scale: super-resolution factor (the CLI links it to ``data.scale``).
-        arch: ``"iconet"``, ``"unet_sr"``, ``"t2net_like"``, ``"bicubic"`` or ``"sinc"``.
+        model: the network, an :class:`~iconet_fastmri.models.SRModel` of a
+            registered class (``iconet_fastmri.models.MODELS``). In a config::
+
+                model:
+                  model:
+                    class_path: iconet_fastmri.models.ICONet
+                    init_args: {width: 32, blocks_per_stage: 2}
+
+            The CLI fills the model's ``scale`` from ``data.scale`` and its
+            ``in_chans`` from ``mode``. Checkpoints store
+            ``{"class_path", "init_args"}`` (never the pickled object).
         mode: ``"magnitude"`` (1 channel, the paper's setting) or ``"complex"``
-            (2 channels; single-coil only; needed for data consistency).
-        width, blocks_per_stage, fusion, block, data_consistency, use_rec_branch,
-            checkpoint_blocks: ICONet's arguments (see :class:`~iconet_fastmri.models.ICONet`).
-        arch_kwargs: any other constructor arguments of the architecture.
+            (2 channels; single-coil only; needed for data consistency); must
+            agree with the model's ``in_chans``.
         lambda_sr, lambda_rec, supervise: the multi-stage loss.
         lr, betas, weight_decay: Adam.
         lr_min: end of the cosine decay (over ``trainer.max_epochs``).
         scheduler: ``"cosine"`` or ``"none"``.
-        noise_std: complex k-space noise added to the acquired LR samples.
+        noise_std: complex k-space noise added to the acquired LR samples
+            (the CLI links it to ``data.noise_std``, with the rest of the acquisition model).
+        kspace_steps: further acquisition effects on the acquired LR k-space,
+            ``[{"name": ..., **options}]`` from the registry
+            :data:`~iconet_fastmri.physics.degradation.KSPACE_STEPS` (linked to ``data.kspace_steps``).
         compile: ``torch.compile`` the model's forward (weights stay under ``model.``).
         num_log_images: validation slices drawn as image panels per epoch.
         volume_metrics_file: if set, rank 0 writes the per-volume metrics of
@@ -68,55 +76,48 @@ class IconetModule(pl.LightningModule):
 
     def __init__(
         self,
-        scale: int = 2,
-        arch: str = "iconet",
-        mode: str = "magnitude",
-        width: int = 64,
-        blocks_per_stage: int = 4,
-        fusion: str = "adaptive",
-        block: str = "rscfl",
-        data_consistency: str = "none",
-        use_rec_branch: bool = True,
-        checkpoint_blocks: bool = False,
-        arch_kwargs: Optional[Dict[str, Any]] = None,
+        model: nn.Module,
+        mode: Literal["magnitude", "complex"] = "magnitude",
         lambda_sr: float = 0.8,
         lambda_rec: float = 0.2,
-        supervise: str = "all_stages",
+        supervise: Literal["all_stages", "last_stage"] = "all_stages",
         lr: float = 2e-4,
         betas: Tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.0,
         lr_min: float = 1e-6,
-        scheduler: str = "cosine",
+        scheduler: Literal["cosine", "none"] = "cosine",
         noise_std: float = 0.0,
+        kspace_steps: Optional[List[Dict[str, Any]]] = None,
         compile: bool = False,
         num_log_images: int = 1,
         volume_metrics_file: Optional[str] = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.scale = check_scale(scale)
+        if not isinstance(model, SRModel):
+            raise TypeError(
+                f"model must be an iconet_fastmri.models.SRModel (got {type(model).__name__}); "
+                f"see docs/ARCHITECTURE.md, 'Add a model'"
+            )
         if mode not in ("magnitude", "complex"):
             raise ValueError(f"mode must be 'magnitude' or 'complex', got {mode!r}")
         if scheduler not in ("cosine", "none"):
             raise ValueError(f"scheduler must be 'cosine' or 'none', got {scheduler!r}")
         self.in_chans = 1 if mode == "magnitude" else 2
-        kwargs = dict(arch_kwargs or {})
-        if arch == "iconet":
-            local = dict(
-                width=width,
-                blocks_per_stage=blocks_per_stage,
-                fusion=fusion,
-                block=block,
-                data_consistency=data_consistency,
-                use_rec_branch=use_rec_branch,
-                checkpoint_blocks=checkpoint_blocks,
+        if model.in_chans != self.in_chans:
+            raise ValueError(
+                f"mode={mode!r} feeds {self.in_chans} channel(s) but the model has "
+                f"in_chans={model.in_chans}; set the model's in_chans to {self.in_chans} "
+                f"(the CLI does this from --model.mode)"
             )
-            kwargs = {**local, **kwargs}
-        elif data_consistency != "none":
-            raise ValueError(f"data_consistency={data_consistency!r} is an ICONet option; arch is {arch!r}")
-        self.model = build_model(arch, scale=self.scale, in_chans=self.in_chans, **kwargs)
-        self.uses_dc = data_consistency != "none"
-        self.degradation = KSpaceDegradation(self.scale, noise_std=noise_std)
+        self.save_hyperparameters(ignore=["model"])
+        self.hparams["model"] = model_spec(model)
+        self.model = model
+        self.scale = model.scale
+        self.method_name = MODELS.name_of(type(model)) or type(model).__name__
+        self.uses_dc = bool(model.uses_kspace)
+        self.degradation = KSpaceDegradation(
+            self.scale, noise_std=noise_std, steps=build_kspace_steps(kspace_steps or [])
+        )
         self._bicubic_baseline = BicubicSR(self.scale)  # no parameters, no state
         self.loss_fn = MultiStageLoss(lambda_sr=lambda_sr, lambda_rec=lambda_rec, supervise=supervise)
         self._compiled = None
@@ -150,10 +151,7 @@ class IconetModule(pl.LightningModule):
     def forward(self, deg: Degraded):
         x, kwargs = self.model_input(deg)
         net = self._compiled if self._compiled is not None else self.model
-        out = net(x, **kwargs)
-        if out.norm_scale is None:  # baselines without their own normalisation
-            out.norm_scale = deg.lr_input.mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
-        return out
+        return net(x, **kwargs)
 
     @staticmethod
     def magnitude(image: torch.Tensor) -> torch.Tensor:
@@ -306,5 +304,5 @@ class IconetModule(pl.LightningModule):
         rank_zero_info(
             f"\n[iconet-fastmri] final validation: PSNR {psnr:.2f} dB, SSIM {ssim:.4f} | "
             f"bicubic on zero-filled: PSNR {psnr_b:.2f} dB, SSIM {ssim_b:.4f} -> "
-            f"{self.hparams.arch} {verdict} the bicubic baseline by {psnr - psnr_b:+.2f} dB"
+            f"{self.method_name} {verdict} the bicubic baseline by {psnr - psnr_b:+.2f} dB"
         )

@@ -1,4 +1,4 @@
-"""Tests of the synthetic fastMRI-format data (iconet_fastmri.data.synthetic)."""
+"""Tests of the synthetic fastMRI-format demo data (iconet_fastmri.demo)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from fastmri.data.transforms import center_crop
 from scipy import ndimage
 from skimage.feature import canny
 
-from iconet_fastmri.data.synthetic import (
-    ISMRMRD_NAMESPACE,
+from iconet_fastmri.data.validation import ISMRMRD_NAMESPACE
+from iconet_fastmri.demo import (
     center_crop_np,
     coil_sensitivities,
     default_kspace_width,
@@ -316,11 +316,16 @@ def test_make_demo_splits_idempotent(tmp_path):
     assert make_demo_splits(tmp_path, **kwargs) == (train, val)
     assert {f: f.stat().st_mtime_ns for f in files} == before
 
-    # A stale temporary file of a dead writer is removed; a missing file triggers a
-    # rewrite of its split only; overwrite=True always rewrites.
-    (val / ".file_demo_002.h5.partial-999999999").write_bytes(b"junk")
+    # A stale temporary file of a dead writer is removed, a live writer's is kept
+    # (temporary names of iconet_fastmri.io: ".<name>.partial-<token>-<pid>"); a missing
+    # file triggers a rewrite of its split only; overwrite=True always rewrites.
+    (val / ".file_demo_002.h5.partial-0123abcd-999999999").write_bytes(b"junk")
+    live = train / f".file_demo_000.h5.partial-4567cdef-{os.getpid()}"
+    live.write_bytes(b"in progress")
     (train / "file_demo_001.h5").unlink()
     make_demo_splits(tmp_path, **kwargs)
+    assert live.exists()
+    live.unlink()
     assert sorted(p.name for p in train.iterdir()) == train_files
     assert sorted(p.name for p in val.iterdir()) == val_files
     assert (val / "file_demo_002.h5").stat().st_mtime_ns == before[val / "file_demo_002.h5"]
@@ -342,12 +347,12 @@ def test_make_demo_splits_changed_size_rewrites(tmp_path):
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
-    import iconet_fastmri.data.synthetic as synthetic
+    import iconet_fastmri.io as io_module
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synthetic.os, "replace", boom)
+    monkeypatch.setattr(io_module.os, "replace", boom)
     with pytest.raises(KeyboardInterrupt):
         write_fastmri_dataset(tmp_path, "singlecoil", 1, 1, recon_size=(32, 32))
     assert list(tmp_path.iterdir()) == []
