@@ -44,6 +44,9 @@ def test_every_section_present_without_errors(report):
     assert report["inference"]["rows"]
     for row in report["inference"]["rows"]:
         assert row["saved_ok"], row
+        # The section times the inference code users run, from a checkpoint.
+        assert row["code_path"] == "iconet_fastmri.inference.run_inference", row
+        assert row["method"] == "checkpoint", row
     model = report["model"]
     assert model["summary"] and all(s["params"] > 0 for s in model["summary"])
     assert all(s["gflops_fwd_per_slice"] > 0 for s in model["summary"])

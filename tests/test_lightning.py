@@ -210,3 +210,51 @@ def test_image_panel_logged_to_tensorboard(tiny_data, tmp_path):
     image = events.Images(tags[0])[0]
     assert image.width == 5 * 32 and image.height == 32
     assert "val/psnr" in events.Tags()["scalars"] and "val/psnr_bicubic" in events.Tags()["scalars"]
+
+
+def test_module_adds_no_normalisation_of_its_own():
+    """The loss units come from the model: a model that does not normalise gets no scale invented for it."""
+    from iconet_fastmri.models import BicubicSR, UnetSR
+    from iconet_fastmri.physics.degradation import KSpaceDegradation
+    from iconet_fastmri.pl_modules import IconetModule
+
+    deg = KSpaceDegradation(2)(torch.randn(2, 1, 16, 16, dtype=torch.complex64) * 1e-4)
+    plain = IconetModule(BicubicSR(2))(deg)
+    assert plain.norm_scale is None
+    assert torch.equal(plain.sr, torch.nn.functional.interpolate(deg.lr_input, scale_factor=2.0, mode="bicubic"))
+    normalised = IconetModule(UnetSR(2, chans=4, num_pool_layers=1))(deg)
+    expected = deg.lr_input.mean(dim=(1, 2, 3), keepdim=True) + 1e-12  # per_slice_scale of a magnitude image
+    assert torch.allclose(normalised.norm_scale, expected)
+    with pytest.raises(TypeError, match="SRModel"):
+        IconetModule(torch.nn.Conv2d(1, 1, 3))
+    with pytest.raises(ValueError, match="mode='complex' feeds 2 channel"):
+        IconetModule(BicubicSR(2), mode="complex")
+
+
+def test_cli_injects_any_registered_model_and_links_the_acquisition(tmp_path):
+    """--model.model picks the network; data.scale and model.mode reach its init args; --help lists them."""
+    from iconet_fastmri.cli import IconetCLI
+    from iconet_fastmri.models import UnetSR
+    from iconet_fastmri.pl_modules import IconetModule
+
+    cli = IconetCLI(
+        IconetModule, IconetDataModule, run=False,
+        args=["--config", str(ROOT / "configs" / "demo.yaml"), "--model.model", "UnetSR",
+              "--model.model.init_args.chans", "8", "--data.scale", "4", "--model.mode", "complex",
+              "--data.noise_std", "0.01", "--trainer.default_root_dir", str(tmp_path),
+              "--trainer.logger", "false"],
+    )
+    net = cli.model.model
+    assert isinstance(net, UnetSR) and net.scale == 4 and net.in_chans == 2
+    assert net.init_args["chans"] == 8 and net.init_args["num_pool_layers"] == 4
+    assert cli.model.degradation.noise_std == 0.01 and cli.model.scale == 4
+    assert cli.model.hparams["model"]["init_args"] == net.init_args  # what checkpoints store
+    base = [sys.executable, str(SCRIPT), "fit", "--config", str(ROOT / "configs" / "demo.yaml")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    help_text = subprocess.run(base + ["--model.model.help", "ICONet"], capture_output=True, text=True,
+                               env=env, timeout=120).stdout
+    for arg in ("--model.model.width", "--model.model.fusion", "--model.model.data_consistency"):
+        assert arg in help_text
+    bad = subprocess.run(base + ["--model.model.init_args.widht", "8", "--print_config"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode != 0 and "widht" in bad.stderr

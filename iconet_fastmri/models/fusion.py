@@ -1,6 +1,6 @@
 """SR-Rec fusion: exchange information between SR features ``S`` and reconstruction features ``R``.
 
-Three variants (``ICONET_SPEC.md``, "SR-Rec fusion"), all mapping
+Three variants (``docs/MODEL.md``, "SR-Rec fusion"), all mapping
 ``(S, R) -> (S', R')`` with shapes ``(B, C, H, W)``:
 
 * ``"adaptive"`` (default): gated, in both directions::

@@ -17,7 +17,7 @@ Follows ``docs/MODEL.md``. With ``K = log2(scale)`` stages (x2 each)::
 
 Design decisions beyond the paper (all in ``docs/MODEL.md``):
 
-* **Rec tail after the fusion.** The spec's pseudo-code computes ``rec_k``
+* **Rec tail after the fusion.** A literal reading of the paper's description computes ``rec_k``
   from ``R_k`` *before* the fusion; the fused ``R_k'`` is then never used
   (the next stage starts from ``F_k = Up(S_k)``), which would leave the
   ``S -> R`` half of the fusion without gradient (an unused-parameter error
