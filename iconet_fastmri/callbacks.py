@@ -1,23 +1,54 @@
-"""Callbacks: a ModelCheckpoint whose ``last.ckpt`` is always the latest state."""
+"""Callbacks: a ModelCheckpoint whose ``last.ckpt`` always holds the newest weights.
+
+Lightning 2.6 refreshes ``last.ckpt`` only at its checkpoint events, which
+come with validation: with ``check_val_every_n_epoch: 25`` and ``max_steps``,
+or a ``max_time`` limit between validations, or a scheduler's SIGTERM, the
+last steps of a run were never saved, and ``validate`` / inference silently
+used older weights. :class:`IconetCheckpoint` writes ``last.ckpt``
+
+* at every checkpoint event (as before), and at the end of every training
+  epoch whether or not validation ran;
+* every ``last_every_n_steps`` optimiser steps, if set;
+* when ``fit`` ends for any reason: ``max_epochs``, ``max_steps``,
+  ``max_time``, early stopping, and an exception or signal (SIGTERM and
+  SIGINT reach ``on_exception``; SIGUSR1, where no one else handles it, asks
+  the trainer to stop after the current step, as a scheduler's warning
+  signal should).
+
+Writes go through Lightning's checkpoint IO (a temporary file and a rename).
+The file is always ``last.ckpt`` (no ``last-v1.ckpt``): a run folder holds
+one run (see :mod:`iconet_fastmri.cli`).
+"""
 
 from __future__ import annotations
 
+import signal
+from typing import Any, Optional
+
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_info
 
 __all__ = ["IconetCheckpoint"]
 
 
 class IconetCheckpoint(ModelCheckpoint):
-    """:class:`ModelCheckpoint` that writes ``last.ckpt`` at every checkpoint event.
+    """:class:`ModelCheckpoint` with an always-current ``last.ckpt``.
 
-    Lightning 2.6 only refreshes ``last.ckpt`` when a top-k checkpoint was
-    saved at the same step, i.e. when the monitored metric improved; after an
-    epoch without improvement ``last.ckpt`` would be stale and
-    ``--ckpt_path last`` would silently resume from an older state. Here
-    ``last.ckpt`` is written (atomically, by Lightning's checkpoint IO) every
-    time a checkpoint event happens.
+    Args:
+        last_every_n_steps: also refresh ``last.ckpt`` every this many
+            optimiser steps (``None``: at epoch ends and checkpoint events only).
+        *args, **kwargs: :class:`ModelCheckpoint`'s. ``enable_version_counter``
+            defaults to ``False`` here, so the newest state is always ``last.ckpt``.
     """
+
+    def __init__(self, *args: Any, last_every_n_steps: Optional[int] = None, **kwargs: Any) -> None:
+        kwargs.setdefault("enable_version_counter", False)
+        super().__init__(*args, **kwargs)
+        if last_every_n_steps is not None and last_every_n_steps < 1:
+            raise ValueError(f"last_every_n_steps must be >= 1 or None, got {last_every_n_steps}")
+        self.last_every_n_steps = last_every_n_steps
+        self._previous_sigusr1: Any = None
 
     def _ensure_last(self, trainer: "pl.Trainer") -> None:
         if not self.save_last or self._should_skip_saving_checkpoint(trainer):
@@ -25,12 +56,56 @@ class IconetCheckpoint(ModelCheckpoint):
         if self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    # ------------------------------------------------------------------ when to write
+    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        n = self.last_every_n_steps
+        if n and trainer.global_step > 0 and trainer.global_step % n == 0:
+            self._ensure_last(trainer)
+
     def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._ensure_last(trainer)
+        self._ensure_last(trainer)
 
     def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         super().on_validation_end(trainer, pl_module)
         if not self._should_save_on_train_epoch_end(trainer):
             self._ensure_last(trainer)
+
+    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        super().on_train_end(trainer, pl_module)
+        self._ensure_last(trainer)
+
+    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        try:
+            self._ensure_last(trainer)
+            rank_zero_info(
+                f"[iconet-fastmri] {type(exception).__name__}: saved the weights of step "
+                f"{trainer.global_step} to {self.dirpath}/last.ckpt"
+            )
+        except Exception as err:  # pragma: no cover - never hide the original error
+            rank_zero_info(f"[iconet-fastmri] could not save last.ckpt after {type(exception).__name__}: {err}")
+
+    # ------------------------------------------------------------------ SIGUSR1
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        super().on_fit_start(trainer, pl_module)
+        if not hasattr(signal, "SIGUSR1"):  # pragma: no cover - Windows
+            return
+        current = signal.getsignal(signal.SIGUSR1)
+        if current in (signal.SIG_DFL, None):  # Lightning's SLURM handler, or the user's, wins
+
+            def stop(signum: int, frame: Any) -> None:
+                rank_zero_info("[iconet-fastmri] SIGUSR1: stopping after this step; last.ckpt will hold it")
+                trainer.should_stop = True
+
+            self._previous_sigusr1 = current
+            signal.signal(signal.SIGUSR1, stop)
+
+    def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        if self._previous_sigusr1 is not None:
+            signal.signal(signal.SIGUSR1, self._previous_sigusr1)
+            self._previous_sigusr1 = None

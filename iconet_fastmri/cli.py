@@ -23,20 +23,34 @@ What the CLI adds to Lightning's:
   volumes per rank with fastmri's ``VolumeSampler``;
 * unknown config keys are errors (jsonargparse), never silently ignored;
 * checkpoints (``--ckpt_path``) are loaded with ``weights_only=True`` and
-  checked against :mod:`iconet_fastmri.checkpoints`' allow-list first.
+  checked against :mod:`iconet_fastmri.checkpoints`' allow-list first, and
+  only the model's architecture is taken from them (a registered class and
+  its init args, where the user gave none; a conflict is an error naming
+  both values). Lightning's own copying of every hyperparameter (output paths
+  included) over the command line is replaced;
+* ``--ckpt_path last`` is exactly ``<default_root_dir>/checkpoints/last.ckpt``;
+  ``fit`` into a run folder whose ``checkpoints/`` holds an earlier run's
+  files is refused unless resuming (``--ckpt_path last``) or ``--overwrite true``
+  (which moves them to ``checkpoints/replaced-<time>/``);
+* ``last.ckpt`` holds the final weights however ``fit`` ends
+  (:class:`~iconet_fastmri.callbacks.IconetCheckpoint`);
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
+import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
+from jsonargparse import Namespace
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.utilities import rank_zero_info
 
 from .callbacks import IconetCheckpoint
 from .checkpoints import load_checkpoint
-from .models import registered_name
+from .models import MODELS, registered_name
 from .pl_modules import IconetDataModule, IconetModule
 
 __all__ = ["IconetCLI", "main"]
@@ -54,6 +68,7 @@ class IconetCLI(LightningCLI):
         parser.link_arguments("data.kspace_steps", "model.kspace_steps")
         parser.link_arguments("model.mode", "model.model.init_args.in_chans", compute_fn=mode_channels)
         parser.add_lightning_class_args(IconetCheckpoint, "checkpoint")
+        self.add_run_arguments(parser)
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/psnr",
@@ -67,38 +82,164 @@ class IconetCLI(LightningCLI):
             }
         )
 
+    def add_run_arguments(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="fit into a run folder whose checkpoints/ already holds an earlier run's checkpoints: "
+            "they are moved to checkpoints/replaced-<time>/ first (without it, such a start is refused; "
+            "resume instead with --ckpt_path last)",
+        )
+
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads --ckpt_path's hyperparameters while parsing; check the file
-        # with our allow-list first, so a crafted checkpoint gets our clear refusal.
+        # Lightning would copy every hyperparameter of the checkpoint over the command line
+        # (paths included) and import the class path it names. Instead: the file is checked
+        # with our allow-list, `last` resolves to exactly one file, and only the model's
+        # architecture is taken, where the user gave none (a conflict is an error).
         sub = self.config.get("subcommand")
-        ckpt = self.config[sub].get("ckpt_path") if sub else None
-        if ckpt and Path(ckpt).is_file():
-            hparams = load_checkpoint(ckpt).get("hyper_parameters") or {}
-            spec = hparams.get("model")
-            if isinstance(spec, dict) and "class_path" in spec:
-                # Lightning would import the checkpoint's class path: only registered models pass.
-                try:
-                    registered_name(spec["class_path"])
-                except ValueError as err:
-                    raise ValueError(f"checkpoint {ckpt}: {err}") from None
-        super()._parse_ckpt_path()
+        if not sub:
+            return
+        config = self.config[sub]
+        ckpt = config.get("ckpt_path")
+        if not ckpt or ckpt in ("best", "hpc", "registry"):
+            return
+        path = resolve_last(checkpoint_dir(config)) if ckpt == "last" else Path(ckpt)
+        if not path.is_file():
+            raise FileNotFoundError(f"--ckpt_path {ckpt}: no checkpoint file {path}")
+        config["ckpt_path"] = str(path)
+        hparams = load_checkpoint(path).get("hyper_parameters") or {}
+        adopt_checkpoint_architecture(config, hparams, path)
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         # A fixed checkpoint folder under the run folder, so that `--ckpt_path last` finds last.ckpt.
         if config.get("checkpoint") is not None and not config["checkpoint"].get("dirpath"):
-            root = config["trainer"].get("default_root_dir") or "runs/default"
-            config["checkpoint"]["dirpath"] = f"{root}/checkpoints"
-        # Checkpoints are loaded with weights_only=True unless the user says otherwise, and
-        # checked first with our allow-list, so that a crafted file is refused with a clear error.
+            config["checkpoint"]["dirpath"] = str(checkpoint_dir(config))
+        # Checkpoints are loaded with weights_only=True unless the user says otherwise.
         if "weights_only" in config and config.get("weights_only") is None:
             config["weights_only"] = True
-        ckpt = config.get("ckpt_path")
-        if ckpt and config.get("weights_only", True):
-            if ckpt == "last" and config.get("checkpoint") is not None:
-                ckpt = str(Path(config["checkpoint"]["dirpath"]) / "last.ckpt")
-            if ckpt not in ("best", "last", "hpc", "registry") and Path(ckpt).is_file():
-                load_checkpoint(ckpt)
+        if self.subcommand == "fit" and config.get("checkpoint") is not None and not config.get("ckpt_path"):
+            claim_checkpoint_dir(Path(config["checkpoint"]["dirpath"]), bool(config.get("overwrite")))
+
+
+def checkpoint_dir(config: Any) -> Path:
+    """The run's checkpoint folder: ``checkpoint.dirpath``, else ``<default_root_dir>/checkpoints``."""
+    explicit = config.get("checkpoint.dirpath") if config.get("checkpoint") is not None else None
+    if explicit:
+        return Path(explicit)
+    root = config.get("trainer.default_root_dir") or "runs/default"
+    return Path(root) / "checkpoints"
+
+
+def resolve_last(folder: Path) -> Path:
+    """``--ckpt_path last``: exactly ``<folder>/last.ckpt``; other ``last*.ckpt`` files make it ambiguous."""
+    others = sorted(p.name for p in folder.glob("last*.ckpt") if p.name != "last.ckpt")
+    if others:
+        raise ValueError(
+            f"--ckpt_path last is ambiguous: {folder} holds last.ckpt and {others} (from earlier runs "
+            f"of older versions); pass the file you mean with --ckpt_path {folder}/<file>"
+        )
+    path = folder / "last.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(f"--ckpt_path last: there is no {path} (has this run saved a checkpoint?)")
+    return path
+
+
+def claim_checkpoint_dir(folder: Path, overwrite: bool) -> None:
+    """A new ``fit`` needs a checkpoint folder of its own: refuse one that holds checkpoints, or move them aside."""
+    existing = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
+    if not existing:
+        return
+    if not overwrite:
+        raise ValueError(
+            f"{folder} already holds checkpoints of an earlier run ({', '.join(p.name for p in existing)}). "
+            f"Resume it with --ckpt_path last, start elsewhere with --trainer.default_root_dir, or pass "
+            f"--overwrite true to move them to {folder}/replaced-<time>/ and start afresh"
+        )
+    target = folder / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    target.mkdir()
+    for path in existing:
+        path.rename(target / path.name)
+    rank_zero_info(f"[iconet-fastmri] --overwrite: moved {len(existing)} earlier checkpoint(s) to {target}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Namespace):
+        return {k: _plain(v) for k, v in vars(value).items()}
+    return value
+
+
+def adopt_checkpoint_architecture(config: Any, hparams: Dict[str, Any], path: Path) -> None:
+    """Take the model's architecture from a checkpoint's hyperparameters, and nothing else.
+
+    The checkpoint names a registered model class and its init args. Where the
+    user (command line or config) left an argument at its default, the
+    checkpoint's value is used; where the user set another value, that is an
+    error naming both. ``data.scale`` and ``model.mode`` are checked the same
+    way against the checkpoint's scale and input channels. Every other
+    hyperparameter (output paths, learning rate, ...) comes from the user alone.
+    """
+    spec = hparams.get("model")
+    if not isinstance(spec, dict) or "class_path" not in spec:
+        raise ValueError(
+            f"checkpoint {path} does not record its model as {{'class_path', 'init_args'}}: not an "
+            f"iconet-fastmri checkpoint, or written by an older version"
+        )
+    try:
+        name = registered_name(spec["class_path"])
+    except ValueError as err:
+        raise ValueError(f"checkpoint {path}: {err}") from None
+    cls = MODELS.get(name)
+    ckpt_args = {k: v for k, v in dict(spec.get("init_args") or {}).items() if isinstance(k, str)}
+    defaults = _signature_defaults(cls)
+    conflicts: List[str] = []
+    user = config.get("model.model")
+    user_args: Dict[str, Any] = {}
+    if user is not None:
+        user_path = user.get("class_path") if isinstance(user, Namespace) else None
+        try:
+            same = registered_name(user_path) == name
+        except ValueError:
+            same = False
+        if not same:
+            conflicts.append(f"model.model: the checkpoint holds {name} ({spec['class_path']}), you gave {user_path}")
+        else:
+            user_args = _plain(user.get("init_args")) or {}
+    merged = dict(ckpt_args)
+    for key, value in ckpt_args.items():
+        if key in ("scale", "in_chans") or key not in user_args:
+            continue
+        given = user_args[key]
+        if given != value and not (key in defaults and given == defaults[key]):
+            conflicts.append(f"model.model.init_args.{key}: the checkpoint has {value!r}, you gave {given!r}")
+    scale = ckpt_args.get("scale")
+    if scale is not None and config.get("data.scale") != scale:
+        if config.get("data.scale") != _DATA_DEFAULTS["scale"]:
+            conflicts.append(f"data.scale: the checkpoint was trained at {scale}, you gave {config.get('data.scale')}")
+        config["data.scale"] = scale
+    in_chans = ckpt_args.get("in_chans")
+    if in_chans is not None and mode_channels(config.get("model.mode")) != in_chans:
+        ckpt_mode = "magnitude" if in_chans == 1 else "complex"
+        if config.get("model.mode") != _MODULE_DEFAULTS["mode"]:
+            conflicts.append(f"model.mode: the checkpoint is {ckpt_mode!r}, you gave {config.get('model.mode')!r}")
+        config["model.mode"] = ckpt_mode
+    if conflicts:
+        raise ValueError(
+            f"checkpoint {path} conflicts with the command line / config:\n  "
+            + "\n  ".join(conflicts)
+            + "\nDrop these settings (the checkpoint's are used) or use a matching checkpoint."
+        )
+    merged.update(scale=config.get("data.scale"), in_chans=mode_channels(config.get("model.mode")))
+    config["model.model"] = Namespace(class_path=f"{cls.__module__}.{cls.__qualname__}", init_args=Namespace(**merged))
+
+
+def _signature_defaults(cls: type) -> Dict[str, Any]:
+    return {k: p.default for k, p in inspect.signature(cls).parameters.items() if p.default is not p.empty}
+
+
+_DATA_DEFAULTS = _signature_defaults(IconetDataModule)
+_MODULE_DEFAULTS = _signature_defaults(IconetModule)
 
 
 def main(args: Optional[List[str]] = None) -> None:

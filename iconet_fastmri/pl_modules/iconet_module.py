@@ -76,7 +76,7 @@ class IconetModule(pl.LightningModule):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Optional[nn.Module] = None,
         mode: Literal["magnitude", "complex"] = "magnitude",
         lambda_sr: float = 0.8,
         lambda_rec: float = 0.2,
@@ -93,6 +93,11 @@ class IconetModule(pl.LightningModule):
         volume_metrics_file: Optional[str] = None,
     ) -> None:
         super().__init__()
+        if model is None:
+            raise ValueError(
+                "IconetModule needs a model: name one (--model.model ICONet, or model.model.class_path "
+                "in the config) or give --ckpt_path of a checkpoint, whose model is then used"
+            )
         if not isinstance(model, SRModel):
             raise TypeError(
                 f"model must be an iconet_fastmri.models.SRModel (got {type(model).__name__}); "
