@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .data.transforms import center_crop_2d, hr_target
+from .data.validation import DEFAULT_MAX_SLICE_ELEMENTS, FastMRIFileError, validate_fastmri_file
 from .io import atomic_write_json
 from .metrics import METRIC_NAMES, volume_metrics
 
@@ -35,6 +36,7 @@ __all__ = [
     "paired_comparison",
     "write_csv",
     "PredictionError",
+    "TargetError",
 ]
 
 
@@ -43,47 +45,92 @@ class PredictionError(ValueError):
     """A prediction folder or file that cannot be scored; the message names it."""
 
 
+class TargetError(ValueError):
+    """A target file that cannot be read; the message names it."""
+
+
+#: At most this many slices in a prediction or target volume.
+MAX_SLICES = 4096
+
+
+def _check_declared_shape(path: Path, key: str, shape: Tuple[int, ...], max_slice_elements: int, error: type) -> None:
+    """Refuse a dataset whose declared shape is absurd, before reading it."""
+    if len(shape) != 3:
+        raise error(f"{path}: {key!r} has shape {shape}; expected (slices, H, W)")
+    if shape[0] > MAX_SLICES or shape[1] * shape[2] > max_slice_elements:
+        raise error(
+            f"{path}: {key!r} declares shape {shape}, above the limits of {MAX_SLICES} slices and "
+            f"{max_slice_elements} pixels per slice; refusing to read it"
+        )
+
+
 def load_target_volume(
     path: Union[str, Path],
     hr_crop: Tuple[int, int],
     target_key: Optional[str] = None,
     pad_if_smaller: bool = False,
+    max_slice_elements: int = DEFAULT_MAX_SLICE_ELEMENTS,
 ) -> Tuple[np.ndarray, Dict[str, Any]]:
     """HR target volume ``(S, H, W)`` float32 of one raw fastMRI file, and its attributes.
 
-    From the k-space by the training's HR grid rule (:func:`~.data.transforms.hr_target`),
-    or the file's own ``target_key`` dataset centre-cropped to ``hr_crop``.
+    From the k-space by the training's HR grid rule (:func:`~.data.transforms.hr_target`,
+    with the same ``pad_if_smaller``), or the file's own ``target_key`` dataset
+    centre-cropped to ``hr_crop``. Shapes are checked before anything is read,
+    and every error names the file.
     """
     path = Path(path)
-    with h5py.File(path, "r") as f:
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        if target_key is not None:
-            if target_key not in f:
-                raise KeyError(f"{path}: no dataset {target_key!r} (has {sorted(f.keys())})")
-            volume = torch.from_numpy(np.asarray(f[target_key], dtype=np.float32))
-            return center_crop_2d(volume, hr_crop).numpy(), attrs
-        if "kspace" not in f:
-            raise KeyError(f"{path}: missing dataset 'kspace'")
-        slices = [
-            hr_target(f["kspace"][i], hr_crop, pad_if_smaller, path.name, i).numpy()
-            for i in range(f["kspace"].shape[0])
-        ]
+    try:
+        if target_key is None:
+            validate_fastmri_file(path, None, max_slice_elements)
+        with h5py.File(path, "r") as f:
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+            if target_key is not None:
+                if target_key not in f:
+                    raise TargetError(f"{path}: no dataset {target_key!r} (has {sorted(f.keys())})")
+                _check_declared_shape(path, target_key, f[target_key].shape, max_slice_elements, TargetError)
+                volume = torch.from_numpy(np.asarray(f[target_key], dtype=np.float32))
+                return center_crop_2d(volume, hr_crop).numpy(), attrs
+            slices = [
+                hr_target(f["kspace"][i], hr_crop, pad_if_smaller, path.name, i).numpy()
+                for i in range(f["kspace"].shape[0])
+            ]
+    except FastMRIFileError as err:
+        raise TargetError(str(err)) from err
+    except (OSError, KeyError) as err:
+        raise TargetError(f"{path}: cannot be read ({err})") from err
+    except ValueError as err:
+        if str(path.name) in str(err):
+            raise
+        raise TargetError(f"{path}: {err}") from err
     return np.stack(slices).astype(np.float32), attrs
 
 
-def load_prediction(path: Union[str, Path]) -> Tuple[np.ndarray, Dict[str, Any]]:
-    """``reconstruction`` ``(S, H, W)`` and attributes of one prediction file."""
+def load_prediction(
+    path: Union[str, Path], max_slice_elements: int = DEFAULT_MAX_SLICE_ELEMENTS
+) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """``reconstruction`` ``(S, H, W)`` and attributes of one prediction file.
+
+    Refused, naming the file: a missing dataset, a declared shape beyond the
+    limits (checked before reading), complex or non-numeric data. Non-finite
+    values are checked by :func:`evaluate_folders` (which names the slices).
+    """
     path = Path(path)
     try:
         with h5py.File(path, "r") as f:
             if "reconstruction" not in f:
                 raise PredictionError(f"{path}: no dataset 'reconstruction' (has {sorted(f.keys())})")
-            recon = np.asarray(f["reconstruction"])
+            dataset = f["reconstruction"]
+            _check_declared_shape(path, "reconstruction", dataset.shape, max_slice_elements, PredictionError)
+            if dataset.dtype.kind not in "fiu":
+                kind = "complex" if dataset.dtype.kind == "c" else f"non-numeric ({dataset.dtype})"
+                raise PredictionError(
+                    f"{path}: 'reconstruction' is {kind}; fastMRI scores real magnitude images "
+                    f"(take the magnitude before saving)"
+                )
+            recon = np.asarray(dataset)
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
     except OSError as err:
         raise PredictionError(f"{path}: cannot be read as HDF5 ({err})") from err
-    if recon.ndim != 3:
-        raise PredictionError(f"{path}: 'reconstruction' has shape {recon.shape}; expected (slices, H, W)")
     return recon, attrs
 
 
@@ -94,6 +141,7 @@ class _Method:
 
 
 def _method_list(folders: Sequence[Union[str, Path]], names: Optional[Sequence[str]]) -> List[_Method]:
+    """One method per folder, named by ``names`` or else by the folder's name; duplicates are an error."""
     if names is not None and len(names) != len(folders):
         raise ValueError(f"{len(names)} names for {len(folders)} prediction folders")
     methods = []
@@ -101,6 +149,14 @@ def _method_list(folders: Sequence[Union[str, Path]], names: Optional[Sequence[s
         folder = Path(folder)
         _h5_files(folder, "prediction", PredictionError)
         methods.append(_Method(names[i] if names else folder.name, folder))
+    seen: Dict[str, Path] = {}
+    for method in methods:
+        if method.name in seen:
+            raise ValueError(
+                f"two prediction folders are both called {method.name!r} ({seen[method.name]} and "
+                f"{method.folder}); name them with --names"
+            )
+        seen[method.name] = method.folder
     return methods
 
 
@@ -113,6 +169,48 @@ def _h5_files(folder: Path, kind: str, error: type) -> List[Path]:
     return files
 
 
+def _run_grid(
+    pred_path: Path, attrs: Dict[str, Any], volume: Path, hr_crop: Optional[Tuple[int, int]]
+) -> Tuple[int, int]:
+    """The HR grid a prediction is scored on: ``hr_crop`` given, else the run's (file attribute),
+    else the shape of the target file's own reconstruction (fastMRI's files)."""
+    if hr_crop:
+        return int(hr_crop[0]), int(hr_crop[1])
+    if "hr_crop" in attrs:
+        grid = np.asarray(attrs["hr_crop"]).reshape(-1)
+        return int(grid[0]), int(grid[1])
+    try:
+        with h5py.File(volume, "r") as f:
+            for key in ("reconstruction_esc", "reconstruction_rss"):
+                if key in f and len(f[key].shape) == 3:
+                    return int(f[key].shape[1]), int(f[key].shape[2])
+    except OSError as err:
+        raise TargetError(f"{volume}: cannot be read ({err})") from err
+    raise PredictionError(
+        f"{pred_path}: no 'hr_crop' attribute and {volume.name} has no reconstruction to take the grid "
+        f"from; pass --hr_crop H W"
+    )
+
+
+def _acquisition(volume: Path) -> str:
+    try:
+        with h5py.File(volume, "r") as f:
+            value = f.attrs.get("acquisition", "")
+    except OSError as err:
+        raise TargetError(f"{volume}: cannot be read ({err})") from err
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _attr(attrs: Dict[str, Any], key: str, given: Any, cast: type) -> Any:
+    if given is not None:
+        return cast(given)
+    value = attrs.get(key)
+    if value is None:
+        return None
+    value = cast(value)
+    return None if isinstance(value, float) and np.isnan(value) else value
+
+
 def evaluate_folders(
     target_dir: Union[str, Path],
     prediction_dirs: Sequence[Union[str, Path]],
@@ -120,29 +218,62 @@ def evaluate_folders(
     hr_crop: Optional[Tuple[int, int]] = None,
     target_key: Optional[str] = None,
     allow_missing: bool = False,
+    crop_predictions: bool = False,
+    pad_if_smaller: Optional[bool] = None,
+    scale: Optional[int] = None,
+    acceleration: Optional[float] = None,
+    progress: bool = False,
+    max_slice_elements: int = DEFAULT_MAX_SLICE_ELEMENTS,
+    acquisition: Optional[str] = None,
 ) -> List[Dict[str, Any]]:
     """Per-volume metrics of every method.
 
     Args:
         target_dir: folder of raw fastMRI files (the volumes to score).
-        prediction_dirs: one folder per method, as ``run_inference.py`` writes them.
-        names: method names (default: each prediction file's ``method`` attribute, else the folder name).
-        hr_crop: HR grid; default the predictions' own size.
+        prediction_dirs: one folder per method, as ``run_inference.py`` (or
+            ``fastmri.save_reconstructions``) writes them.
+        names: method names (default: each folder's name; two folders of one name are an error).
+        hr_crop: the HR grid; default the run's (the predictions' ``hr_crop``
+            attribute), else the target file's reconstruction size.
         target_key: read this dataset as target instead of computing it from k-space.
         allow_missing: skip volumes a method lacks instead of raising.
+        crop_predictions: centre-crop predictions larger than the grid
+            (otherwise a prediction of another size is an error).
+        pad_if_smaller: the HR grid rule's padding of narrow images; default
+            the run's (file attribute), else off.
+        scale, acceleration: for predictions without attributes (e.g.
+            ``fastmri.save_reconstructions``); otherwise they are read from the
+            files, and ``None`` (shown as unknown) where neither says.
+        progress: a progress bar over volumes.
+        acquisition: only score volumes whose ``acquisition`` attribute is this (fastMRI's flag).
 
     Returns:
-        One row per (method, volume): method, fname, acquisition, scale,
-        acceleration, effective_acceleration, num_slices, nmse, psnr, ssim.
+        One row per (method, volume): method, model (the files' ``method``
+        attribute), folder, fname, acquisition, scale, mask, acceleration,
+        effective_acceleration, num_slices, nmse, psnr, ssim.
+
+    Raises:
+        PredictionError: a missing, unreadable, complex, non-finite or
+            mis-shaped prediction, naming the file (and the slices).
+        TargetError: an unreadable target file, naming it.
     """
     target_dir = Path(target_dir)
     volumes = _h5_files(target_dir, "target", FileNotFoundError)
+    if acquisition is not None:
+        volumes = [v for v in volumes if _acquisition(v) == acquisition]
+        if not volumes:
+            raise FileNotFoundError(f"no volume of {target_dir} has acquisition {acquisition!r}")
     methods = _method_list(prediction_dirs, names)
     rows: List[Dict[str, Any]] = []
+    iterator: Any = volumes
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(volumes, desc="scoring", unit="volume")
     # Volumes outside, methods inside: each target is computed once and only one is in memory.
-    for volume in volumes:
-        targets: Dict[Tuple[int, int], Tuple[np.ndarray, Dict[str, Any]]] = {}
-        for index, method in enumerate(methods):
+    for volume in iterator:
+        targets: Dict[Tuple, Tuple[np.ndarray, Dict[str, Any]]] = {}
+        for method in methods:
             pred_path = method.folder / volume.name
             if not pred_path.exists():
                 if allow_missing:
@@ -151,28 +282,47 @@ def evaluate_folders(
                     f"{pred_path}: missing prediction for volume {volume.name} of {target_dir} "
                     f"(method {method.name!r}); pass --allow_missing to skip it"
                 )
-            pred, attrs = load_prediction(pred_path)
-            grid = tuple(hr_crop) if hr_crop else (int(pred.shape[-2]), int(pred.shape[-1]))
-            if grid not in targets:
-                targets[grid] = load_target_volume(volume, grid, target_key)
-            target, target_attrs = targets[grid]
+            pred, attrs = load_prediction(pred_path, max_slice_elements)
+            bad = ~np.isfinite(pred)
+            if bad.any():
+                slices = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1)).tolist()
+                raise PredictionError(
+                    f"{pred_path}: {int(bad.sum())} non-finite values (NaN/Inf) in slice(s) {slices}"
+                )
+            grid = _run_grid(pred_path, attrs, volume, hr_crop)
+            pad = bool(attrs.get("pad_if_smaller", False)) if pad_if_smaller is None else pad_if_smaller
+            if (grid, pad) not in targets:
+                targets[(grid, pad)] = load_target_volume(volume, grid, target_key, pad, max_slice_elements)
+            target, target_attrs = targets[(grid, pad)]
+            if pred.shape[-2:] != target.shape[-2:] and crop_predictions and all(
+                p >= t for p, t in zip(pred.shape[-2:], target.shape[-2:])
+            ):
+                pred = center_crop_2d(torch.from_numpy(pred), target.shape[-2:]).numpy()
             if pred.shape != target.shape:
                 raise PredictionError(
                     f"{pred_path}: prediction shape {pred.shape} does not match the target shape "
-                    f"{target.shape} of {volume}"
+                    f"{target.shape} of {volume} (HR grid {grid[0]}x{grid[1]}"
+                    + ("" if crop_predictions else "; --crop_predictions centre-crops larger predictions")
+                    + ")"
                 )
-            name = names[index] if names else str(attrs.get("method") or method.name)
             metrics = volume_metrics(target, pred.astype(np.float32))
+            row_scale = _attr(attrs, "scale", scale, int)
             rows.append(
                 {
-                    "method": name,
+                    "method": method.name,
+                    "model": str(attrs.get("method", "")),
                     "folder": str(method.folder),
                     "fname": volume.name,
                     "acquisition": str(target_attrs.get("acquisition", attrs.get("acquisition", ""))),
-                    "scale": int(attrs.get("scale", 0)),
-                    "mask": str(attrs.get("mask_name", "")),
-                    "acceleration": float(attrs.get("acceleration", float("nan"))),
-                    "effective_acceleration": float(attrs.get("effective_acceleration", float("nan"))),
+                    "scale": row_scale,
+                    "mask": str(attrs.get("mask_name", "")) or "unknown",
+                    "acceleration": _attr(attrs, "acceleration", acceleration, float),
+                    "effective_acceleration": _attr(
+                        attrs,
+                        "effective_acceleration",
+                        None if scale is None or acceleration is None else scale**2 * acceleration,
+                        float,
+                    ),
                     "num_slices": int(pred.shape[0]),
                     **metrics,
                 }
@@ -186,6 +336,11 @@ def _bootstrap_ci(values: np.ndarray, n: int, rng: np.random.Generator, level: f
     means = rng.choice(values, size=(n, len(values)), replace=True).mean(axis=1)
     lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(lo), float(hi)
+
+
+def _mean_or_none(values: Sequence[Optional[float]]) -> Optional[float]:
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
 
 
 def summarize_rows(rows: Sequence[Dict[str, Any]], bootstrap: int = 0, seed: int = 0) -> List[Dict[str, Any]]:
@@ -206,7 +361,7 @@ def summarize_rows(rows: Sequence[Dict[str, Any]], bootstrap: int = 0, seed: int
             "scale": scale,
             "mask": mask,
             "acceleration": accel,
-            "effective_acceleration": float(np.mean([m["effective_acceleration"] for m in members])),
+            "effective_acceleration": _mean_or_none([m["effective_acceleration"] for m in members]),
             "volumes": len(members),
         }
         for metric in METRIC_NAMES:
@@ -272,9 +427,12 @@ def format_table(table: Sequence[Dict[str, Any]]) -> str:
             if has_ci and f"{metric}_ci_low" in t:
                 text += f" [{t[f'{metric}_ci_low']:.{digits}f}, {t[f'{metric}_ci_high']:.{digits}f}]"
             return text
+        scale = "unknown" if t["scale"] is None else f"x{t['scale']}"
+        accel = "unknown" if t["acceleration"] is None else f"{t['acceleration']:g}"
+        eff = "unknown" if t["effective_acceleration"] is None else f"{t['effective_acceleration']:.1f}"
         lines.append(
-            f"| {t['method']} | {t['acquisition']} | x{t['scale']} | {t['mask']} | {t['acceleration']:g} | "
-            f"{t['effective_acceleration']:.1f} | {t['volumes']} | {cell('nmse', 4)} | {cell('psnr', 2)} | {cell('ssim', 4)} |"
+            f"| {t['method']} | {t['acquisition']} | {scale} | {t['mask']} | {accel} | "
+            f"{eff} | {t['volumes']} | {cell('nmse', 4)} | {cell('psnr', 2)} | {cell('ssim', 4)} |"
         )
     return "\n".join(lines)
 

@@ -17,12 +17,14 @@ from .physics.masks import MaskConfig
 __all__ = ["lr_input_for", "comparison_panel"]
 
 
-def lr_input_for(raw_file: Union[str, Path], slice_num: int, scale: int, mask: MaskConfig, hr_crop) -> np.ndarray:
-    """The zero-filled LR magnitude the methods saw (same seeded mask as inference)."""
+def lr_input_for(
+    raw_file: Union[str, Path], slice_num: int, scale: int, mask: MaskConfig, hr_crop, pad_if_smaller: bool = False
+) -> np.ndarray:
+    """The zero-filled LR magnitude the methods saw (same seeded mask and HR grid rule as inference)."""
     raw_file = Path(raw_file)
     with h5py.File(raw_file, "r") as f:
         kspace = f["kspace"][slice_num]
-    transform = IconetDataTransform(scale, mask.build(), tuple(hr_crop), use_seed=True)
+    transform = IconetDataTransform(scale, mask.build(), tuple(hr_crop), use_seed=True, pad_if_smaller=pad_if_smaller)
     sample = transform(kspace, None, None, {}, raw_file.name, slice_num)
     deg = KSpaceDegradation(scale)(sample.hr_images[None], sample.mask[None])
     return deg.lr_input[0, 0].numpy()
@@ -59,15 +61,14 @@ def comparison_panel(
     attrs0 = all_attrs[0]
     if slice_num is None:
         slice_num = preds[0].shape[0] // 2
-    grid = preds[0].shape[-2:]
-    target, _ = load_target_volume(target_dir / fname, grid)
+    grid = tuple(int(v) for v in preds[0].shape[-2:])
+    pad = bool(attrs0.get("pad_if_smaller", False))  # the run's HR grid rule, as the evaluation uses it
+    target, _ = load_target_volume(target_dir / fname, grid, pad_if_smaller=pad)
     target = target[slice_num]
     scale = int(attrs0.get("scale", 2))
     mask = MaskConfig(name=str(attrs0.get("mask_name", "random")), **json.loads(attrs0.get("mask_args", "{}")))
-    lr = lr_input_for(target_dir / fname, slice_num, scale, mask, grid)
-    labels = list(names) if names else [
-        str(a.get("method", Path(d).name)) for a, d in zip(all_attrs, prediction_dirs)
-    ]
+    lr = lr_input_for(target_dir / fname, slice_num, scale, mask, grid, pad_if_smaller=pad)
+    labels = list(names) if names else [Path(d).name for d in prediction_dirs]
 
     vmax = float(target.max())
     errors = [np.abs(p[slice_num] - target) for p in preds]

@@ -11,6 +11,7 @@ attributes that record how the input was simulated:
 ``challenge``, ``acquisition``  from the data
 ``scale``                       SR factor s
 ``hr_crop``                     HR grid (H, W)
+``pad_if_smaller``              whether narrow images were zero-padded to it
 ``mask_name``, ``mask_args``    the mask (``mask_args`` is JSON)
 ``mask_seed_rule``              how masks are seeded (deterministic per slice)
 ``acceleration``                nominal R on the LR grid
@@ -46,7 +47,7 @@ from .models import build_model, model_from_spec
 from .physics.masks import MaskConfig
 from .pl_modules.iconet_module import IconetModule
 
-__all__ = ["BASELINES", "load_method", "run_inference", "write_volume_atomic", "MASK_SEED_RULE"]
+__all__ = ["BASELINES", "load_method", "run_inference", "write_volume_atomic", "check_writable", "MASK_SEED_RULE"]
 
 #: Baselines that need no checkpoint, by their inference name.
 BASELINES = {"zero_filled_bicubic": "bicubic", "zero_filled_sinc": "sinc"}
@@ -117,6 +118,16 @@ def write_volume_atomic(path: Path, reconstruction: np.ndarray, attrs: Dict[str,
     atomic_write(path, write)
 
 
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and prove it writable with a throw-away file; a clear error otherwise."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / ".write_test", lambda tmp: tmp.write_bytes(b""))
+        (folder / ".write_test").unlink()
+    except OSError as err:
+        raise PermissionError(f"output folder {folder} is not writable ({err}); nothing was computed") from err
+
+
 def _progress(iterable, total: int, desc: str, enabled: bool):
     if not enabled:
         return iterable
@@ -152,6 +163,8 @@ def run_inference(
     Returns:
         The written files.
     """
+    out_dir = Path(out_dir)
+    check_writable(out_dir)  # before any model or data work
     module, trained, method = load_method(checkpoint, baseline, scale)
     scale = int(scale if scale is not None else trained.get("scale", module.scale))
     challenge = challenge or trained.get("challenge") or "singlecoil"
@@ -168,8 +181,6 @@ def run_inference(
         progress=progress,
     )
     expected = dataset.slices_per_volume()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     existing = sorted(name for name in expected if (out_dir / name).exists())
     if existing and not overwrite:
         raise FileExistsError(
@@ -196,6 +207,7 @@ def run_inference(
             "acquisition": acquisitions.get(name, ""),
             "scale": scale,
             "hr_crop": np.asarray(hr, dtype=np.int64),
+            "pad_if_smaller": bool(pad),
             "mask_name": mask.name,
             "mask_args": json.dumps(mask_args, sort_keys=True),
             "mask_seed_rule": MASK_SEED_RULE,

@@ -11,9 +11,21 @@ Targets are computed from each raw file's k-space with our HR-target rule
 or read from --target_key. Per-volume NMSE/PSNR/SSIM come from
 fastmri.evaluate (volume max as data range). Writes per_volume.csv,
 summary.csv, results.json and table.md to --out.
+
+fastMRI's own flags work too (its ``python -m fastmri.evaluate`` crashes
+under numpy 2): ``--target-path``, ``--predictions-path``, ``--challenge``
+(reads ``reconstruction_esc`` / ``reconstruction_rss`` as fastMRI does) and
+``--acquisition`` (only volumes of that acquisition).
+
+Rows are keyed by prediction folder (or ``--names``). A prediction must be on
+the run's HR grid (its ``hr_crop`` attribute, else ``--hr_crop``, else the
+target file's reconstruction size); ``--crop_predictions`` centre-crops
+larger ones. NaN/Inf, complex and mis-shaped predictions are errors naming
+the file (and slices).
 """
 
 import argparse
+import time
 from pathlib import Path
 
 
@@ -31,8 +43,20 @@ OUTPUTS = ("per_volume.csv", "summary.csv", "results.json", "table.md")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--targets", type=Path, required=True, help="folder of raw fastMRI .h5 files")
-    p.add_argument("--predictions", type=Path, nargs="+", required=True, help="one folder per method")
+    p.add_argument("--targets", "--target-path", dest="targets", type=Path, required=True,
+                   help="folder of raw fastMRI .h5 files")
+    p.add_argument("--predictions", "--predictions-path", dest="predictions", type=Path, nargs="+", required=True,
+                   help="one folder per method")
+    p.add_argument("--challenge", choices=("singlecoil", "multicoil"), default=None,
+                   help="fastMRI's flag: score against the files' reconstruction_esc (singlecoil) or "
+                        "reconstruction_rss (multicoil) unless --target_key is given")
+    p.add_argument("--acquisition", default=None,
+                   help="fastMRI's flag: only volumes of this acquisition (e.g. CORPD_FBK)")
+    p.add_argument("--crop_predictions", action="store_true",
+                   help="centre-crop predictions larger than the HR grid (otherwise an error)")
+    p.add_argument("--scale", type=int, default=None, help="scale of predictions without attributes")
+    p.add_argument("--acceleration", type=float, default=None, help="R of predictions without attributes")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument("--names", nargs="+", default=None, help="method names (default: the files' 'method' attribute)")
     p.add_argument("--hr_crop", type=int, nargs=2, default=None, metavar=("H", "W"))
     p.add_argument("--target_key", default=None, help="e.g. reconstruction_esc: read targets instead of k-space")
@@ -53,11 +77,23 @@ def main(argv=None):
     clash = [name for name in OUTPUTS if (args.out / name).exists()]
     if clash and not args.overwrite:
         raise SystemExit(f"error: {args.out} already holds {clash}; pass --overwrite to replace them")
+    target_key = args.target_key
+    if target_key is None and args.challenge:
+        target_key = "reconstruction_esc" if args.challenge == "singlecoil" else "reconstruction_rss"
+    start = time.perf_counter()
     rows = evaluate_folders(
         args.targets, args.predictions, names=args.names,
         hr_crop=tuple(args.hr_crop) if args.hr_crop else None,
-        target_key=args.target_key, allow_missing=args.allow_missing,
+        target_key=target_key, allow_missing=args.allow_missing,
+        crop_predictions=args.crop_predictions, scale=args.scale, acceleration=args.acceleration,
+        acquisition=args.acquisition, progress=not args.no_progress,
     )
+    elapsed = time.perf_counter() - start
+    per_volume = {r["fname"]: r["num_slices"] for r in rows}
+    scored = sum(r["num_slices"] for r in rows)
+    print(f"scored {len(rows)} (method, volume) pairs over {len(per_volume)} volumes, "
+          f"{sum(per_volume.values())} slices, in {elapsed:.1f} s ({scored / max(elapsed, 1e-9):.1f} "
+          f"method-slices/s)")
     table = summarize_rows(rows, bootstrap=args.bootstrap)
     payload = {"per_volume": rows, "summary": table}
     if args.paired:
