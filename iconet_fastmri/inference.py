@@ -41,7 +41,9 @@ from torch.utils.data import DataLoader
 from . import __version__
 from .checkpoints import load_checkpoint
 from .io import atomic_write
+from .data.batching import collate_samples
 from .data.dataset import IconetSliceDataset
+from .data.splits import PartFilter, check_test_fraction
 from .data.transforms import IconetDataTransform
 from .models import build_model, model_from_spec
 from .physics.masks import MaskConfig
@@ -52,6 +54,10 @@ __all__ = ["BASELINES", "load_method", "run_inference", "write_volume_atomic", "
 #: Baselines that need no checkpoint, by their inference name.
 BASELINES = {"zero_filled_bicubic": "bicubic", "zero_filled_sinc": "sinc"}
 MASK_SEED_RULE = "crc32('<file name>/<slice>') per slice (iconet_fastmri.physics.masks.mask_seed)"
+MASK_SEED_RULES_TEXT = {
+    "slice": MASK_SEED_RULE,
+    "volume": "tuple(map(ord, '<file name>')) per volume (fastMRI's rule)",
+}
 
 
 def load_method(
@@ -152,6 +158,9 @@ def run_inference(
     progress: bool = True,
     skip_bad_files: bool = False,
     pad_if_smaller: Optional[bool] = None,
+    part: Optional[str] = None,
+    test_fraction: Optional[float] = None,
+    mask_seed_rule: Optional[str] = None,
 ) -> List[Path]:
     """Reconstruct every volume of ``data_path`` into ``out_dir``.
 
@@ -159,6 +168,11 @@ def run_inference(
     checkpoint's training run; for baselines they must be given (``scale``)
     or take the package defaults (singlecoil, fastMRI random mask R=4 cf=0.08,
     320x320).
+
+    ``part`` (``"val"`` or ``"test"``) reconstructs only the volumes of that
+    part of a val folder split by ``test_fraction`` (default: the
+    checkpoint's), as the data module's ``test_fraction`` defines it.
+    ``mask_seed_rule`` defaults to the checkpoint's (``"slice"``).
 
     Returns:
         The written files.
@@ -175,10 +189,16 @@ def run_inference(
     module = module.to(device)
 
     pad = bool(trained.get("pad_if_smaller", False)) if pad_if_smaller is None else pad_if_smaller
-    transform = IconetDataTransform(scale, mask.build(), hr, use_seed=True, pad_if_smaller=pad)
+    seed_rule = mask_seed_rule or trained.get("mask_seed_rule") or "slice"
+    transform = IconetDataTransform(
+        scale, mask.build(), hr, use_seed=True, pad_if_smaller=pad, mask_seed_rule=seed_rule
+    )
+    fraction = check_test_fraction(test_fraction if test_fraction is not None else trained.get("test_fraction"))
+    if part is not None and fraction is None:
+        raise ValueError(f"part={part!r} needs a test_fraction (none given and none in the checkpoint)")
     dataset = IconetSliceDataset(
         data_path, challenge, transform=transform, use_dataset_cache=False, skip_bad_files=skip_bad_files,
-        progress=progress,
+        progress=progress, raw_sample_filter=None if part is None else PartFilter(part, fraction),
     )
     expected = dataset.slices_per_volume()
     existing = sorted(name for name in expected if (out_dir / name).exists())
@@ -191,7 +211,9 @@ def run_inference(
     nominal_r = mask.nominal_acceleration()
     mask_args = {k: v for k, v in dataclasses.asdict(mask).items() if k != "name"}
 
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_samples
+    )
     pending: Dict[str, Dict[int, Tuple[np.ndarray, float]]] = {}
     written: List[Path] = []
 
@@ -210,7 +232,7 @@ def run_inference(
             "pad_if_smaller": bool(pad),
             "mask_name": mask.name,
             "mask_args": json.dumps(mask_args, sort_keys=True),
-            "mask_seed_rule": MASK_SEED_RULE,
+            "mask_seed_rule": MASK_SEED_RULES_TEXT[seed_rule],
             "acceleration": float(nominal_r) if nominal_r is not None else float("nan"),
             "effective_acceleration_lr": r_lr,
             "effective_acceleration": float(scale**2 * r_lr),

@@ -46,6 +46,13 @@ def parse_args(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace existing results in --out")
     p.add_argument("--skip_bad_files", action="store_true", help="skip corrupt input files with a warning")
     p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--pad_if_smaller", choices=["true", "false"], default=None,
+                   help="zero-pad images narrower than the HR grid (default: the checkpoint's; baselines: false)")
+    p.add_argument("--part", choices=["val", "test"], default=None,
+                   help="only the volumes of this part of a val folder split by --test_fraction")
+    p.add_argument("--test_fraction", type=float, default=None, help="default: the checkpoint's")
+    p.add_argument("--mask_seed_rule", choices=["slice", "volume"], default=None,
+                   help="validation masks per slice (ours) or per volume (fastMRI's); default: the checkpoint's")
     return p.parse_args(argv)
 
 
@@ -80,6 +87,10 @@ def main(argv=None):
         overwrite=args.overwrite,
         progress=not args.no_progress,
         skip_bad_files=args.skip_bad_files,
+        pad_if_smaller=None if args.pad_if_smaller is None else args.pad_if_smaller == "true",
+        part=args.part,
+        test_fraction=args.test_fraction,
+        mask_seed_rule=args.mask_seed_rule,
     )
     print(f"wrote {len(written)} volume(s) to {args.out}")
 

@@ -187,7 +187,7 @@ def test_dataset_cache_is_private_json_and_rebuilt_when_unreadable(data, tmp_pat
     with caplog.at_level("WARNING"):
         again = IconetSliceDataset(folder, "singlecoil", use_dataset_cache=True, cache_dir=cache)
     assert "cannot be read" in caplog.text and len(again) == len(ds)
-    assert json.loads(files[0].read_text())["version"] == 1
+    assert json.loads(files[0].read_text())["version"] == 2  # format 2: per-file value-scan results
     # A stale entry (file changed since) is not trusted: the file is checked again.
     victim = sorted(folder.glob("*.h5"))[0]
     copy = tmp_path / "copy"

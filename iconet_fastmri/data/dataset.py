@@ -34,13 +34,18 @@ from fastmri.data import SliceDataset
 from fastmri.data.mri_data import FastMRIRawDataSample
 
 from ..io import atomic_write_json
-from .validation import DEFAULT_MAX_SLICE_ELEMENTS, FastMRIFileError, validate_fastmri_file
+from .validation import (
+    DEFAULT_MAX_SLICE_ELEMENTS,
+    FastMRIFileError,
+    scan_kspace_values,
+    validate_fastmri_file,
+)
 
 __all__ = ["IconetSliceDataset", "default_cache_dir"]
 
 log = logging.getLogger(__name__)
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -71,6 +76,22 @@ def _restore_metadata(meta: Dict[str, Any]) -> Dict[str, Any]:
     return meta
 
 
+def _valid_entry(entry: Any) -> bool:
+    """A cache entry of the expected types (anything else is ignored and the file rechecked)."""
+    if not isinstance(entry, dict):
+        return False
+    ints = all(isinstance(entry.get(k), int) and not isinstance(entry.get(k), bool)
+               for k in ("size", "mtime_ns", "num_slices"))
+    meta = entry.get("metadata")
+    return (
+        ints
+        and entry["num_slices"] >= 1
+        and isinstance(meta, dict)
+        and isinstance(entry.get("values_checked"), bool)
+        and all(isinstance(meta.get(k), list) and len(meta[k]) == 3 for k in ("encoding_size", "recon_size"))
+    )
+
+
 def _progress(iterable, total: int, desc: str):
     try:
         from tqdm.auto import tqdm
@@ -95,6 +116,10 @@ class IconetSliceDataset(SliceDataset):
         raw_sample_filter: optional filter on fastmri ``FastMRIRawDataSample`` (applied on every load).
         sample_seed: seed of the slice/volume subsampling (deterministic across ranks).
         progress: show a progress bar while scanning files.
+        check_values: read every k-space slice once at build time and refuse
+            (or skip) files with NaN, Inf or all-zero slices, so such data
+            stops the run before the first step, not mid-epoch. A full read of
+            the data; its result is cached per file.
     """
 
     def __init__(
@@ -111,6 +136,7 @@ class IconetSliceDataset(SliceDataset):
         raw_sample_filter: Optional[Callable] = None,
         sample_seed: int = 0,
         progress: bool = True,
+        check_values: bool = True,
     ) -> None:
         if challenge not in ("singlecoil", "multicoil"):
             raise ValueError(f"challenge must be 'singlecoil' or 'multicoil', got {challenge!r}")
@@ -133,43 +159,30 @@ class IconetSliceDataset(SliceDataset):
         entries: Dict[str, Any] = {}
         self.skipped_files: List[Path] = []
         self.raw_samples: List[FastMRIRawDataSample] = []
-        scan = _progress(files, len(files), f"scanning {challenge} files") if progress else files
+        scan = _progress(files, len(files), f"checking {challenge} files") if progress else files
         for path in scan:
-            stat = path.stat()
-            key = str(path.resolve())
-            hit = cache.get(key)
-            if hit and hit.get("size") == stat.st_size and hit.get("mtime_ns") == stat.st_mtime_ns:
-                num_slices, metadata = int(hit["num_slices"]), _restore_metadata(hit["metadata"])
-            else:
-                try:
-                    validate_fastmri_file(path, challenge, max_slice_elements)
-                    metadata, num_slices = self._retrieve_metadata(path)
-                except FastMRIFileError as err:
-                    if not skip_bad_files:
-                        raise
-                    log.warning("skipping bad fastMRI file: %s", err)
-                    self.skipped_files.append(path)
-                    continue
-                except Exception as err:  # header fields fastmri could not parse
-                    error = FastMRIFileError(path, f"fastmri could not read its metadata ({err!r})")
-                    if not skip_bad_files:
-                        raise error from err
-                    log.warning("skipping bad fastMRI file: %s", error)
-                    self.skipped_files.append(path)
-                    continue
-            entries[key] = {
-                "size": stat.st_size,
-                "mtime_ns": stat.st_mtime_ns,
-                "num_slices": num_slices,
-                "metadata": _jsonable(metadata),
-            }
-            for slice_ind in range(num_slices):
+            try:
+                entry = self._checked_entry(path, cache, challenge, max_slice_elements, check_values)
+            except FastMRIFileError as err:
+                if not skip_bad_files:
+                    raise
+                log.warning("skipping bad fastMRI file: %s", err)
+                self.skipped_files.append(path)
+                continue
+            entries[str(path.resolve())] = entry
+            metadata = _restore_metadata(entry["metadata"])
+            for slice_ind in range(entry["num_slices"]):
                 raw_sample = FastMRIRawDataSample(path, slice_ind, metadata)
                 if self.raw_sample_filter(raw_sample):
                     self.raw_samples.append(raw_sample)
+        if self.skipped_files:
+            log.warning(
+                "skipped %d bad file(s) of %s: %s", len(self.skipped_files), root,
+                ", ".join(p.name for p in self.skipped_files),
+            )
         if not self.raw_samples:
             raise FileNotFoundError(f"no usable {challenge} slices found in {root}")
-        if use_dataset_cache and entries != cache:
+        if use_dataset_cache and any(cache.get(k) != v for k, v in entries.items()):
             self._save_cache(cache_dir, root, entries)
 
         rng = random.Random(sample_seed)
@@ -183,18 +196,51 @@ class IconetSliceDataset(SliceDataset):
             self.raw_samples = [s for s in self.raw_samples if str(s.fname) in keep]
 
     # ------------------------------------------------------------------ files
+    def _checked_entry(
+        self, path: Path, cache: Dict[str, Any], challenge: str, max_slice_elements: int, check_values: bool
+    ) -> Dict[str, Any]:
+        """Check one file and return its cache entry.
+
+        The structural checks (:func:`validate_fastmri_file`: header, shapes,
+        limits; cheap) run on every build, cached or not, so the cache never
+        changes what is accepted. The cache spares the metadata parse and the
+        value scan (:func:`scan_kspace_values`, a full read), keyed by the
+        file's size and modification time.
+        """
+        num_slices, _ = validate_fastmri_file(path, challenge, max_slice_elements)
+        stat = path.stat()
+        hit = cache.get(str(path.resolve()))
+        if not (hit and hit["size"] == stat.st_size and hit["mtime_ns"] == stat.st_mtime_ns
+                and hit["num_slices"] == num_slices):
+            try:
+                metadata, parsed_slices = self._retrieve_metadata(path)
+            except Exception as err:  # header fields fastmri could not parse
+                raise FastMRIFileError(path, f"fastmri could not read its metadata ({err!r})") from err
+            hit = {
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "num_slices": int(parsed_slices),
+                "metadata": _jsonable(metadata),
+                "values_checked": False,
+            }
+        if check_values and not hit["values_checked"]:
+            scan_kspace_values(path)
+            hit = {**hit, "values_checked": True}
+        return hit
+
     @staticmethod
     def _list_files(root) -> List[Path]:
+        """The ``*.h5`` entries of the folder(s); a dangling or looping symlink is a :class:`FastMRIFileError`."""
         roots = [root] if isinstance(root, (str, Path)) else list(root)
         files: List[Path] = []
         for entry in roots:
             entry = Path(entry)
             if entry.is_dir():
-                found = sorted(p for p in entry.glob("*.h5") if p.is_file())
+                found = sorted(entry.glob("*.h5"))
                 if not found:
                     raise FileNotFoundError(f"data folder {entry} holds no .h5 files")
                 files.extend(found)
-            elif entry.is_file():
+            elif entry.is_file() or entry.is_symlink():
                 files.append(entry)
             else:
                 raise FileNotFoundError(f"data path {entry} does not exist")
@@ -223,10 +269,13 @@ class IconetSliceDataset(SliceDataset):
             entries = data["files"]
             if not isinstance(entries, dict):
                 raise ValueError("bad 'files' entry")
-            return entries
         except (OSError, ValueError, KeyError, TypeError) as err:
             log.warning("dataset cache %s cannot be read (%s); rebuilding it", path, err)
             return {}
+        good = {k: v for k, v in entries.items() if _valid_entry(v)}
+        if len(good) != len(entries):
+            log.warning("dataset cache %s: %d malformed entries ignored (rechecked)", path, len(entries) - len(good))
+        return good
 
     def _save_cache(self, cache_dir: Path, root, entries: Dict[str, Any]) -> None:
         try:

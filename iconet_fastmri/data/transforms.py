@@ -28,7 +28,7 @@ import torch
 
 from ..physics.operators import lr_shape_for, rss
 from ..physics.fft import ifft2c
-from ..physics.masks import mask_seed
+from ..physics.masks import MASK_SEED_RULES, eval_mask_seed
 
 __all__ = [
     "IconetSample",
@@ -167,6 +167,10 @@ class IconetDataTransform:
         pad_if_smaller: zero-pad (in the image domain, centred) images narrower or
             shorter than ``hr_crop`` instead of raising. fastMRI brain volumes
             come in several widths, some below 320; without this they are an error.
+        mask_seed_rule: how ``use_seed`` masks are seeded: ``"slice"`` (ours, a
+            mask per slice from ``crc32("<fname>/<slice>")``) or ``"volume"``
+            (fastMRI's ``tuple(map(ord, fname))``: one mask per volume, so
+            numbers compare with fastMRI-style published results).
     """
 
     def __init__(
@@ -178,7 +182,11 @@ class IconetDataTransform:
         patch_size: Optional[Sequence[int]] = None,
         seed: Optional[int] = None,
         pad_if_smaller: bool = False,
+        mask_seed_rule: str = "slice",
     ) -> None:
+        if mask_seed_rule not in MASK_SEED_RULES:
+            raise ValueError(f"unknown mask_seed_rule {mask_seed_rule!r}; choose one of {MASK_SEED_RULES}")
+        self.mask_seed_rule = mask_seed_rule
         self.pad_if_smaller = pad_if_smaller
         self.hr_crop = (int(hr_crop[0]), int(hr_crop[1]))
         self.lr_shape = lr_shape_for(self.hr_crop, scale)
@@ -234,7 +242,7 @@ class IconetDataTransform:
         if self.mask_func is None:
             lr_mask, num_low = torch.ones(lr_shape), lr_shape[1]
         else:
-            seed = mask_seed(fname, slice_num) if self.use_seed else None
+            seed = eval_mask_seed(fname, slice_num, self.mask_seed_rule) if self.use_seed else None
             lr_mask, num_low = self.mask_func(lr_shape, seed=seed)
             lr_mask = torch.as_tensor(lr_mask, dtype=torch.float32).expand(*lr_shape)
 

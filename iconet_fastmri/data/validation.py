@@ -21,6 +21,7 @@ __all__ = [
     "validate_fastmri_file",
     "DEFAULT_MAX_SLICE_ELEMENTS",
     "ISMRMRD_NAMESPACE",
+    "scan_kspace_values",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,55 @@ def _check_header(path: Path, raw: bytes) -> Tuple[int, int]:
     return values[0], values[1]
 
 
+def _check_other_datasets(path: Path, hf: h5py.File, num_slices: int, max_slice_elements: int) -> None:
+    """Shapes of the datasets fastmri's SliceDataset may read besides ``kspace``, checked before any read."""
+    for key in ("reconstruction_esc", "reconstruction_rss"):
+        if key not in hf:
+            continue
+        ds = hf[key]
+        shape = tuple(int(n) for n in getattr(ds, "shape", ()) or ())
+        if not isinstance(ds, h5py.Dataset) or len(shape) != 3:
+            raise FastMRIFileError(path, f"dataset {key!r} has shape {shape}; expected (slices, H, W)")
+        if shape[0] != num_slices or shape[1] * shape[2] > max_slice_elements:
+            raise FastMRIFileError(
+                path,
+                f"dataset {key!r} declares shape {shape}, which does not fit {num_slices} k-space slices "
+                f"of at most {max_slice_elements} samples (max_slice_elements); refusing to read it",
+            )
+    if "mask" in hf:
+        ds = hf["mask"]
+        size = int(np.prod(getattr(ds, "shape", ()) or ()))
+        if not isinstance(ds, h5py.Dataset) or size > max_slice_elements:
+            raise FastMRIFileError(
+                path, f"dataset 'mask' declares {size} elements, above max_slice_elements; refusing to read it"
+            )
+
+
+def scan_kspace_values(path: Union[str, Path]) -> None:
+    """Read every k-space slice once: NaN, Inf or an all-zero slice is a :class:`FastMRIFileError`.
+
+    Streams one slice at a time (memory: one slice). It reads the whole file,
+    so the dataset runs it once per file and caches the result (keyed by the
+    file's size and modification time).
+    """
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as hf:
+            ds = hf["kspace"]
+            for i in range(ds.shape[0]):
+                data = ds[i]
+                finite = np.isfinite(data)
+                if not finite.all():
+                    kind = "NaN" if np.isnan(data).any() else "Inf"
+                    raise FastMRIFileError(
+                        path, f"dataset 'kspace', slice {i}: {int((~finite).sum())} non-finite ({kind}) values"
+                    )
+                if not np.any(data):
+                    raise FastMRIFileError(path, f"dataset 'kspace', slice {i}: all zeros")
+    except (OSError, KeyError) as err:
+        raise FastMRIFileError(path, f"dataset 'kspace' cannot be read ({err})") from err
+
+
 def validate_fastmri_file(
     path: Union[str, Path],
     challenge: Optional[str] = None,
@@ -101,6 +151,11 @@ def validate_fastmri_file(
         FileNotFoundError, FastMRIFileError: naming the file and the problem.
     """
     path = Path(path)
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except (OSError, RuntimeError) as err:
+            raise FastMRIFileError(path, f"is a dangling or looping symbolic link ({err})") from err
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -157,6 +212,7 @@ def validate_fastmri_file(
             raw = raw.tobytes() if raw.dtype.kind in "SVu" else bytes(raw.item())
         if isinstance(raw, str):
             raw = raw.encode("utf-8")
+        _check_other_datasets(path, hf, shape[0], max_slice_elements)
         enc_x, enc_y = _check_header(path, raw)
         if enc_x * enc_y > max_slice_elements:
             raise FastMRIFileError(

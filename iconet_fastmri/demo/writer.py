@@ -34,6 +34,7 @@ Everything is deterministic given ``seed``: volume ``i`` draws from
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 from typing import List, Optional, Sequence, Tuple, Union
@@ -41,9 +42,11 @@ from typing import List, Optional, Sequence, Tuple, Union
 import h5py
 import numpy as np
 
-from ..io import atomic_write, remove_stale_partials
+from ..io import PARTIAL_TAG, atomic_write, remove_stale_partials
 from .acquisition import _RECON_KEYS, SyntheticVolume, ismrmrd_header, simulate_volume
 from .phantoms import default_kspace_width
+
+log = logging.getLogger(__name__)
 
 __all__ = ["make_demo_splits", "write_fastmri_dataset"]
 
@@ -130,6 +133,33 @@ def write_fastmri_dataset(
     return paths
 
 
+#: Marks a data_path whose split folders :func:`make_demo_splits` wrote (kept beside the
+#: split folders, not in them: fastmri's own SliceDataset opens every file of a split folder).
+DEMO_MARKER = ".iconet_demo"
+
+
+def _check_ours(folder: pathlib.Path, prefix: str, marked: bool) -> None:
+    """Demo data goes only into an empty folder or one marked as ours, and only our files are touched.
+
+    Under a marked ``data_path`` a split folder may hold our ``{prefix}*.h5``
+    files and other non-HDF5 files; unmarked, everything in it must be a demo
+    file (``{prefix}*.h5``) or one of our temporaries (demo folders written
+    before the marker existed).
+    """
+    entries = [p for p in folder.iterdir()]
+    if marked:
+        foreign = [p.name for p in entries if p.suffix == ".h5" and not p.name.startswith(prefix)]
+    else:
+        foreign = [p.name for p in entries
+                   if not (p.name.startswith(prefix) and p.suffix == ".h5") and PARTIAL_TAG not in p.name]
+    if foreign:
+        raise FileExistsError(
+            f"refusing to write demo data into {folder}: it holds files the demo did not write "
+            f"({', '.join(sorted(foreign)[:5])}{' ...' if len(foreign) > 5 else ''}). Is data_path a real "
+            f"dataset? Point data_path at an empty folder (or turn --data.demo off)"
+        )
+
+
 def _split_is_complete(
     folder: pathlib.Path,
     expected: Sequence[pathlib.Path],
@@ -173,9 +203,14 @@ def make_demo_splits(
     k-space shape (cheap, so this can run at the start of every demo); it is
     not detected if only the seed, the anatomy or the noise level changed:
     pass ``overwrite=True`` then. Temporary files of interrupted writers are
-    always removed and, when a split is (re)written, so are our files
-    (``{prefix}*.h5``) that are no longer expected, since ``SliceDataset``
-    reads every file in the folder.
+    always removed and, when a split is (re)written (with a warning), so are
+    our files (``{prefix}*.h5``) that are no longer expected, since
+    ``SliceDataset`` reads every file in the folder.
+
+    Demo data is written only into an empty folder or one marked as ours
+    (:data:`DEMO_MARKER` in ``root``); a folder holding other files, e.g. a real fastMRI
+    split that ``data_path`` points at by mistake, is a ``FileExistsError``,
+    and nothing in it is touched.
 
     Args:
         root: parent folder.
@@ -209,9 +244,16 @@ def make_demo_splits(
         folder = root / f"{challenge}_{split}"
         expected = [_volume_path(folder, prefix, i) for i in range(first, first + count)]
         if folder.is_dir():
+            _check_ours(folder, prefix, marked=(root / DEMO_MARKER).is_file())
             remove_stale_partials(folder, suffix=".h5")
         if overwrite or not _split_is_complete(folder, expected, kspace_shape, prefix):
+            if folder.is_dir() and any(folder.glob(f"{prefix}*.h5")):
+                log.warning("demo settings changed: rewriting the demo data in %s (files written by us)", folder)
             folder.mkdir(parents=True, exist_ok=True)
+            (root / DEMO_MARKER).write_text(
+                "The *_train / *_val folders here hold demo data written by iconet_fastmri.demo; it "
+                f"rewrites their {prefix}*.h5 files when the demo settings change, and nothing else.\n"
+            )
             keep = {p.name for p in expected}
             for old in folder.glob(f"{prefix}*.h5"):
                 if old.name not in keep:

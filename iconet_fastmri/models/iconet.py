@@ -41,7 +41,7 @@ Design decisions beyond the paper (all in ``docs/MODEL.md``):
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import List, Literal, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -124,9 +124,9 @@ class ICONet(SRModel):
         in_chans: int = 1,
         width: int = 64,
         blocks_per_stage: int = 4,
-        fusion: str = "adaptive",
-        block: str = "rscfl",
-        data_consistency: str = "none",
+        fusion: Literal["adaptive", "concat", "none"] = "adaptive",
+        block: Literal["rscfl", "resblock"] = "rscfl",
+        data_consistency: Literal["none", "hard", "soft"] = "none",
         use_rec_branch: bool = True,
         checkpoint_blocks: bool = False,
         num_heads: int = 4,

@@ -67,6 +67,13 @@ def _check_center_fractions(center_fractions: Sequence[float]) -> List[float]:
     return center_fractions
 
 
+def _seed_value(seed: Union[int, Sequence[int]]) -> Union[int, List[int]]:
+    # numpy seeds from an int or a sequence of ints (fastMRI's tuple(map(ord, fname))).
+    if isinstance(seed, (tuple, list)):
+        return [int(v) & 0xFFFFFFFF for v in seed]
+    return int(seed) & 0xFFFFFFFF
+
+
 class MaskFunction:
     """Base class: a seeded sampler of LR-grid masks.
 
@@ -89,9 +96,10 @@ class MaskFunction:
     def sample(self, shape: Tuple[int, int], rng: np.random.RandomState) -> Tuple[np.ndarray, int]:
         raise NotImplementedError
 
-    def __call__(self, shape: Sequence[int], seed: Optional[int] = None) -> MaskResult:
+    def __call__(self, shape: Sequence[int], seed: Optional[Union[int, Sequence[int]]] = None) -> MaskResult:
+        """Draw a mask; ``seed`` is an int or, as fastMRI's transforms pass it, a tuple of ints."""
         h, w = _check_shape(shape)
-        rng = self.rng if seed is None else np.random.RandomState(int(seed) & 0xFFFFFFFF)
+        rng = self.rng if seed is None else np.random.RandomState(_seed_value(seed))
         mask, num_low = self.sample((h, w), rng)
         mask = np.array(np.broadcast_to(np.asarray(mask, dtype=np.float32), (h, w)))
         return torch.from_numpy(mask), int(num_low)

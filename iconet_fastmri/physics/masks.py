@@ -50,11 +50,13 @@ signature), or, from another installed package, an entry point in the group
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 
 from ..registry import Registry
@@ -84,8 +86,11 @@ __all__ = [
     "create_mask",
     "register_mask",
     "mask_seed",
+    "eval_mask_seed",
+    "MASK_SEED_RULES",
     "worker_seed",
     "effective_acceleration",
+    "check_mask_on_grid",
     "ENTRY_POINT_GROUP",
 ]
 
@@ -100,6 +105,21 @@ def mask_seed(fname: str, slice_num: int) -> int:
     """
     key = f"{Path(str(fname)).name}/{int(slice_num)}".encode("utf-8")
     return zlib.crc32(key) & 0xFFFFFFFF
+
+
+#: How validation/test masks are seeded: ``"slice"`` (ours, :func:`mask_seed`, a
+#: different mask per slice) or ``"volume"`` (fastMRI's ``tuple(map(ord, fname))``,
+#: one mask per volume, as fastMRI's own data transforms seed their masks).
+MASK_SEED_RULES = ("slice", "volume")
+
+
+def eval_mask_seed(fname: str, slice_num: int, rule: str = "slice") -> Union[int, Tuple[int, ...]]:
+    """The seed of a validation/test mask under ``rule`` (see :data:`MASK_SEED_RULES`)."""
+    if rule == "slice":
+        return mask_seed(fname, slice_num)
+    if rule == "volume":
+        return tuple(map(ord, Path(str(fname)).name))
+    raise ValueError(f"unknown mask seed rule {rule!r}; choose one of {MASK_SEED_RULES}")
 
 
 def worker_seed(base_seed: int, rank: int, worker_id: int, epoch: int = 0) -> int:
@@ -168,6 +188,33 @@ def create_mask(name: str, **kwargs: Any) -> Callable[..., MaskResult]:
             invalid arguments (named in the message).
     """
     return MASKS.build(name, **kwargs)
+
+
+def check_mask_on_grid(func: Callable[..., MaskResult], shape: Tuple[int, int], nominal: Optional[float],
+                       name: str = "mask", draws: int = 8) -> float:
+    """Draw ``func`` on ``shape`` (seeded) and compare its achieved acceleration with ``nominal``.
+
+    A mask function that cannot draw on the grid (e.g. a mask file of another
+    shape) raises here, at start-up. An achieved acceleration below half the
+    nominal one is a ``ValueError``; one more than 10 % off is a warning that
+    prints it (fastMRI's equispaced masks add the centre on top of R, so they
+    land 10-20 % below it by design).
+
+    Returns:
+        The mean achieved acceleration over ``draws`` seeded draws.
+    """
+    achieved = float(np.mean([effective_acceleration(func(shape, seed=i)[0]) for i in range(draws)]))
+    if nominal:
+        ratio = achieved / float(nominal)
+        message = (
+            f"{name} on the LR grid {shape[0]}x{shape[1]} achieves R = {achieved:.2f} "
+            f"(mean of {draws} draws), nominal R = {float(nominal):g}"
+        )
+        if ratio < 0.5:
+            raise ValueError(f"{message}: it cannot reach its nominal acceleration on this grid")
+        if abs(ratio - 1) > 0.1:
+            warnings.warn(message, stacklevel=2)
+    return achieved
 
 
 @dataclass

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -36,9 +36,11 @@ from torch.utils.data import DataLoader, get_worker_info
 from ..data.dataset import IconetSliceDataset
 from ..data.transforms import IconetDataTransform
 from ..data.validation import DEFAULT_MAX_SLICE_ELEMENTS
-from ..physics.operators import check_scale
+from ..data.splits import PartFilter, check_test_fraction
+from ..physics.operators import check_scale, lr_shape_for
+from ..data.batching import collate_samples
 from ..physics.degradation import build_kspace_steps
-from ..physics.masks import MaskConfig, worker_seed
+from ..physics.masks import MaskConfig, check_mask_on_grid, worker_seed
 
 __all__ = ["IconetDataModule"]
 
@@ -102,8 +104,21 @@ class IconetDataModule(pl.LightningDataModule):
         volume_sample_rate: fraction of training volumes to use.
         use_dataset_cache: cache file metadata (JSON, per-user folder).
         cache_dir: cache folder (default ``~/.cache/iconet_fastmri``).
+        anatomy: ``"knee"`` or ``"brain"``: which ``<anatomy>_<challenge>_<split>``
+            folders of ``data_path`` to use. Needed when both are there (fastMRI's
+            knee and brain tarballs unpack side by side); an ambiguous layout is an
+            error that lists the candidates.
         train_path, val_path, test_path: explicit split folders (override data_path).
         test_split: folder used for ``test`` / ``predict``: ``"val"`` (default) or ``"test"``.
+        test_fraction: with ``test_split: val``, hold out this fraction of the
+            val folder's volumes (by a hash of the file name,
+            :mod:`iconet_fastmri.data.splits`) as the test part: ``validate``
+            (checkpoint selection) uses the rest, ``test`` / ``predict`` only those.
+        mask_seed_rule: validation/test masks seeded per slice (``"slice"``, ours)
+            or per volume as fastMRI's transforms do (``"volume"``).
+        check_values: read every k-space slice once when a dataset is built and
+            refuse (or with ``skip_bad_files`` skip) files with NaN, Inf or
+            all-zero slices; cached per file.
         skip_bad_files: skip corrupt files with a warning naming them instead of stopping.
         max_slice_elements: refuse files whose k-space slice is larger.
         pad_if_smaller: zero-pad images smaller than ``hr_crop`` (fastMRI brain widths vary).
@@ -116,7 +131,7 @@ class IconetDataModule(pl.LightningDataModule):
     def __init__(
         self,
         data_path: str = "demo_data",
-        challenge: str = "singlecoil",
+        challenge: Literal["singlecoil", "multicoil"] = "singlecoil",
         scale: int = 2,
         mask: MaskConfig = MaskConfig(),
         noise_std: float = 0.0,
@@ -133,7 +148,11 @@ class IconetDataModule(pl.LightningDataModule):
         train_path: Optional[str] = None,
         val_path: Optional[str] = None,
         test_path: Optional[str] = None,
-        test_split: str = "val",
+        test_split: Literal["val", "test"] = "val",
+        test_fraction: Optional[float] = None,
+        anatomy: Optional[Literal["knee", "brain"]] = None,
+        mask_seed_rule: Literal["slice", "volume"] = "slice",
+        check_values: bool = True,
         skip_bad_files: bool = False,
         max_slice_elements: int = DEFAULT_MAX_SLICE_ELEMENTS,
         pad_if_smaller: bool = False,
@@ -151,7 +170,6 @@ class IconetDataModule(pl.LightningDataModule):
         if isinstance(mask, dict):
             mask = MaskConfig(**mask)
         self.mask = mask
-        self.mask.build()  # fail at start-up on a bad mask, not in a worker
         if noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {noise_std}")
         self.noise_std = float(noise_std)
@@ -159,9 +177,23 @@ class IconetDataModule(pl.LightningDataModule):
         build_kspace_steps(self.kspace_steps)  # unknown names and options fail at start-up
         self.data_path = Path(data_path)
         self.challenge = challenge
+        if len(hr_crop) != 2 or min(int(n) for n in hr_crop) < 1:
+            raise ValueError(f"hr_crop must be two positive sizes [H, W], got {list(hr_crop)}")
         self.hr_crop = (int(hr_crop[0]), int(hr_crop[1]))
-        self.patch_size = tuple(patch_size) if patch_size is not None else None
+        if patch_size is not None and (len(patch_size) != 2 or min(int(n) for n in patch_size) < 1):
+            raise ValueError(f"patch_size must be two positive sizes [h, w], got {list(patch_size)}")
+        self.patch_size = tuple(int(n) for n in patch_size) if patch_size is not None else None
         IconetDataTransform(self.scale, None, self.hr_crop, patch_size=self.patch_size)  # size checks
+        mask_func = self.mask.build()
+        for grid in {self.hr_crop, self.patch_size or self.hr_crop}:  # the mask file's shape, the achieved R
+            check_mask_on_grid(mask_func, lr_shape_for(grid, self.scale), self.mask.nominal_acceleration(),
+                               name=f"mask {self.mask.name!r}")
+        self.test_fraction = check_test_fraction(test_fraction)
+        if self.test_fraction is not None and test_split != "val":
+            raise ValueError("test_fraction splits the val folder; it needs test_split: val")
+        self.anatomy = anatomy
+        self.mask_seed_rule = mask_seed_rule
+        self.check_values = check_values
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.sample_rate = sample_rate
@@ -182,19 +214,35 @@ class IconetDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ paths
     def split_path(self, split: str) -> Path:
-        """Folder of a split: the explicit path, else ``{data_path}/{challenge}_{split}``."""
+        """Folder of a split: the explicit path, else ``{data_path}/[<anatomy>_]{challenge}_{split}``.
+
+        Without ``anatomy``, both ``{challenge}_{split}`` and any
+        ``<anatomy>_{challenge}_{split}`` are candidates, and more than one is an error.
+        With ``anatomy``, ``<anatomy>_{challenge}_{split}``, else ``{challenge}_{split}``.
+        """
         explicit = self.paths.get(split)
         if explicit:
             return Path(explicit)
-        candidates = [self.data_path / f"{self.challenge}_{split}"]
-        candidates += sorted(self.data_path.glob(f"*_{self.challenge}_{split}"))
-        for path in candidates:
-            if path.is_dir():
-                return path
-        raise FileNotFoundError(
-            f"no {split} folder for {self.challenge}: looked for {candidates[0]} "
-            f"(or {self.data_path}/<knee|brain>_{self.challenge}_{split}); set data_path or {split}_path"
-        )
+        if self.anatomy:
+            named = self.data_path / f"{self.anatomy}_{self.challenge}_{split}"
+            candidates = [named if named.is_dir() else self.data_path / f"{self.challenge}_{split}"]
+        else:
+            candidates = [self.data_path / f"{self.challenge}_{split}"]
+            candidates += sorted(self.data_path.glob(f"*_{self.challenge}_{split}"))
+        found = [path for path in candidates if path.is_dir()]
+        if len(found) > 1:
+            raise ValueError(
+                f"{self.data_path} holds several {self.challenge} {split} folders: "
+                f"{', '.join(p.name for p in found)}; choose with --data.anatomy knee|brain "
+                f"or --data.{split}_path"
+            )
+        if not found:
+            raise FileNotFoundError(
+                f"no {split} folder for {self.challenge}: looked for {', '.join(str(c) for c in candidates[:1])}"
+                f"{'' if self.anatomy else f' (or {self.data_path}/<knee|brain>_{self.challenge}_{split})'}; "
+                f"set data_path or {split}_path"
+            )
+        return found[0]
 
     def prepare_data(self) -> None:
         if not self.demo:
@@ -225,8 +273,13 @@ class IconetDataModule(pl.LightningDataModule):
             patch_size=self.patch_size if train else None,
             seed=self.seed,
             pad_if_smaller=self.pad_if_smaller,
+            mask_seed_rule=self.mask_seed_rule,
         )
         folder = self.split_path("val" if split == "test" and self.test_split == "val" else split)
+        part = None
+        if self.test_fraction is not None and split in ("val", "test"):
+            part = split  # the val folder, split by file name into a val and a test part
+        fraction = self.test_fraction
         dataset = IconetSliceDataset(
             folder,
             self.challenge,
@@ -238,6 +291,8 @@ class IconetDataModule(pl.LightningDataModule):
             skip_bad_files=self.skip_bad_files,
             max_slice_elements=self.max_slice_elements,
             sample_seed=self.seed,
+            raw_sample_filter=None if part is None else PartFilter(part, fraction),
+            check_values=self.check_values,
         )
         self.datasets[split] = dataset
         return dataset
@@ -280,6 +335,7 @@ class IconetDataModule(pl.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             worker_init_fn=_worker_init,
+            collate_fn=collate_samples,
             persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
             drop_last=False,
@@ -305,4 +361,6 @@ class IconetDataModule(pl.LightningDataModule):
             "hr_crop": list(self.hr_crop),
             "mask": dataclasses.asdict(self.mask),
             "pad_if_smaller": self.pad_if_smaller,
+            "test_fraction": self.test_fraction,
+            "mask_seed_rule": self.mask_seed_rule,
         }

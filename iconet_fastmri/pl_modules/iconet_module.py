@@ -20,6 +20,7 @@ baseline ``val/psnr_bicubic`` (also ``val/ssim_bicubic``, ``val/nmse_bicubic``).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import pytorch_lightning as pl
@@ -114,6 +115,12 @@ class IconetModule(pl.LightningModule):
                 f"in_chans={model.in_chans}; set the model's in_chans to {self.in_chans} "
                 f"(the CLI does this from --model.mode)"
             )
+        if volume_metrics_file:
+            folder = Path(volume_metrics_file).expanduser().resolve().parent
+            if not folder.is_dir():
+                raise FileNotFoundError(
+                    f"volume_metrics_file {volume_metrics_file}: its folder {folder} does not exist"
+                )
         self.save_hyperparameters(ignore=["model"])
         self.hparams["model"] = model_spec(model)
         self.model = model

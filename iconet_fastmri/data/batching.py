@@ -1,0 +1,65 @@
+"""Batching slices as fastMRI ships them: varying coil counts, with and without file targets.
+
+The coil-count policy: fastMRI brain volumes have 4 to 20+ coils (knee: 15),
+so slices of one split cannot be stacked as they are. :func:`collate_samples`
+**pads the coil dimension with zero coils** up to the largest count in the
+batch. This is exact, not an approximation: a zero coil has zero k-space, so
+the RSS images (the HR target, the LR input and every stage target) and the
+per-coil k-space of the real coils are unchanged. It costs memory only (a
+batch of 8 with 4 to 20 coils stores 8 x 20 coil images); no coil compression
+is applied.
+
+Files' own targets (``reconstruction_esc`` / ``reconstruction_rss``) are
+batched only when every slice of the batch has one of the same shape;
+otherwise the batch's ``target`` is empty. Nothing in training or scoring
+uses them (the HR target is computed from k-space by the one HR grid rule),
+so a batch that mixes files with and without reconstructions, or padded and
+unpadded slices, is fine. HR images of different sizes in one batch (which
+the transform never produces) are an error naming the files.
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import torch
+
+from .transforms import IconetSample
+
+__all__ = ["collate_samples"]
+
+
+def collate_samples(samples: Sequence[IconetSample]) -> IconetSample:
+    """Stack :class:`IconetSample` s into a batch (coil dimension zero-padded to the batch maximum)."""
+    if not samples:
+        raise ValueError("cannot collate an empty batch")
+    grids = {tuple(s.hr_images.shape[-2:]) for s in samples}
+    masks = {tuple(s.mask.shape) for s in samples}
+    if len(grids) > 1 or len(masks) > 1:
+        described = ", ".join(
+            f"{s.fname} slice {s.slice_num}: {tuple(s.hr_images.shape[-2:])}" for s in samples
+        )
+        raise ValueError(f"slices of one batch must share the HR grid and mask shape; got {described}")
+    coils = max(int(s.hr_images.shape[0]) for s in samples)
+    hr_images: List[torch.Tensor] = []
+    for s in samples:
+        missing = coils - int(s.hr_images.shape[0])
+        if missing:
+            pad = s.hr_images.new_zeros(missing, *s.hr_images.shape[1:])
+            hr_images.append(torch.cat([s.hr_images, pad]))
+        else:
+            hr_images.append(s.hr_images)
+    targets = [s.target for s in samples]
+    if all(t.numel() for t in targets) and len({tuple(t.shape) for t in targets}) == 1:
+        target = torch.stack(targets)
+    else:
+        target = torch.empty(0)
+    return IconetSample(
+        hr_images=torch.stack(hr_images),
+        mask=torch.stack([s.mask for s in samples]),
+        target=target,
+        fname=[s.fname for s in samples],
+        slice_num=torch.tensor([int(s.slice_num) for s in samples]),
+        max_value=torch.tensor([float(s.max_value) for s in samples], dtype=torch.float64),
+        num_low_frequencies=torch.tensor([int(s.num_low_frequencies) for s in samples]),
+    )
