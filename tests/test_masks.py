@@ -223,3 +223,38 @@ def test_file_mask_npy_h5_and_errors(tmp_path):
         create_mask("file", path=tmp_path / "bad.npy")
     with pytest.raises(ValueError, match="needs a path"):
         MaskConfig(name="file").build()
+
+
+def test_fastmri_mask_classes_plug_in_unchanged_and_convert_both_ways():
+    """A subclass of fastMRI's RandomMaskFunc registers as is; our masks serve fastMRI's apply_mask."""
+    import fastmri
+    from fastmri.data import subsample, transforms
+
+    from iconet_fastmri.physics.masks import MASKS, ToFastMRIMask
+
+    class EveryFourthPlusRandom(subsample.RandomMaskFunc):
+        """A user's fastMRI mask: fastMRI's random mask with every fourth column added."""
+
+        def calculate_acceleration_mask(self, num_cols, acceleration, offset, num_low_frequencies):
+            mask = super().calculate_acceleration_mask(num_cols, acceleration, offset, num_low_frequencies)
+            mask[::4] = True
+            return mask
+
+    register_mask("every_fourth_test", EveryFourthPlusRandom)
+    try:
+        func = create_mask("every_fourth_test", center_fractions=[0.08], accelerations=[4])
+        mask, num_low = func((12, 40), seed=3)
+        reference, ref_low = EveryFourthPlusRandom([0.08], [4])((1, 12, 40, 2), seed=3)
+        assert mask.shape == (12, 40) and num_low == ref_low
+        assert torch.equal(mask[0], reference.reshape(-1).float()) and torch.equal(mask[5], mask[0])
+        assert mask[0, ::4].all()
+    finally:
+        MASKS.unregister("every_fourth_test")
+    # The other way: our 2D Poisson mask through fastMRI's own apply_mask.
+    ours = create_mask("poisson", accelerations=[4], center_fractions=[0.08])
+    kspace = torch.randn(3, 24, 20, 2)
+    masked, mask, _ = transforms.apply_mask(kspace, ToFastMRIMask(ours), seed=7)
+    expected, _ = ours((24, 20), seed=7)
+    assert mask.shape == (1, 24, 20, 1) and torch.equal(mask[0, ..., 0], expected)
+    assert torch.equal(masked, kspace * expected[None, ..., None] + 0.0)
+    assert fastmri.complex_abs(masked).shape == (3, 24, 20)

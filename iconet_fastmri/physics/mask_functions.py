@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ __all__ = [
     "RadialMask",
     "FileMask",
     "fastmri_factory",
+    "ToFastMRIMask",
 ]
 
 MaskResult = Tuple[torch.Tensor, int]
@@ -177,7 +178,18 @@ class FastMRIMask(MaskFunction):
         # One RandomState shared with fastMRI, so reseed() reaches it.
         self.rng = self.fastmri_func.rng
 
-    def __call__(self, shape: Sequence[int], seed: Optional[int] = None) -> MaskResult:
+    @classmethod
+    def wrap(cls, name: str, fastmri_func: Any) -> "FastMRIMask":
+        """Adopt an existing ``fastmri.data.subsample.MaskFunc`` (any subclass, e.g. a user's own)."""
+        self = cls.__new__(cls)
+        self.name = name
+        self.fastmri_func = fastmri_func
+        self.center_fractions = list(getattr(fastmri_func, "center_fractions", []))
+        self.accelerations = list(getattr(fastmri_func, "accelerations", []))
+        self.rng = fastmri_func.rng
+        return self
+
+    def __call__(self, shape: Sequence[int], seed: Optional[Union[int, Sequence[int]]] = None) -> MaskResult:
         h, w = _check_shape(shape)
         try:
             mask, num_low = self.fastmri_func((1, h, w, 2), seed=seed)
@@ -189,8 +201,30 @@ class FastMRIMask(MaskFunction):
                     f"alone is at least w/R columns; lower the center fraction or the acceleration"
                 ) from err
             raise
-        columns = mask.reshape(1, w).to(torch.float32)
-        return columns.expand(h, w).contiguous(), int(num_low)
+        mask = torch.as_tensor(mask, dtype=torch.float32)
+        if mask.numel() == w:  # 1D: a column pattern, broadcast over the rows
+            return mask.reshape(1, w).expand(h, w).contiguous(), int(num_low)
+        return mask.reshape(h, w).contiguous(), int(num_low)
+
+
+class ToFastMRIMask:
+    """One of our mask functions called the fastMRI way, e.g. by ``fastmri.data.transforms.apply_mask``.
+
+    ``func(shape, offset=None, seed=None)`` with ``shape = (..., H, W, 2)``
+    (fastMRI's real view) returns ``(mask, num_low_frequencies)`` with
+    ``mask`` of shape ``(1, ..., 1, H, W, 1)``.
+    """
+
+    def __init__(self, mask_func: Callable[..., MaskResult]) -> None:
+        self.mask_func = mask_func
+
+    def __call__(self, shape: Sequence[int], offset: Optional[int] = None,
+                 seed: Optional[Union[int, Sequence[int]]] = None) -> Tuple[torch.Tensor, int]:
+        if len(shape) < 3:
+            raise ValueError(f"fastMRI mask shapes are (..., H, W, 2), got {tuple(shape)}")
+        h, w = int(shape[-3]), int(shape[-2])
+        mask, num_low = self.mask_func((h, w), seed=seed)
+        return mask.reshape(*([1] * (len(shape) - 3)), h, w, 1), int(num_low)
 
 
 def fastmri_factory(name: str, cls_name: str) -> Callable[..., MaskFunction]:

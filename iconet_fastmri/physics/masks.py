@@ -69,6 +69,7 @@ from .mask_functions import (
     MaskResult,
     PoissonMask,
     RadialMask,
+    ToFastMRIMask,
     fastmri_factory,
 )
 
@@ -80,6 +81,7 @@ __all__ = [
     "Gaussian2DMask",
     "RadialMask",
     "FileMask",
+    "ToFastMRIMask",
     "MASKS",
     "MaskConfig",
     "available_masks",
@@ -183,11 +185,22 @@ def available_masks() -> List[str]:
 def create_mask(name: str, **kwargs: Any) -> Callable[..., MaskResult]:
     """Create a mask function by name.
 
+    A factory may return one of our mask functions or any
+    ``fastmri.data.subsample.MaskFunc`` (so fastMRI's classes, and subclasses
+    of them, register unchanged: ``register_mask("mine", MyRandomMaskFunc)``);
+    the latter is adapted to our ``(h, w)`` call (:class:`FastMRIMask`).
+    :class:`ToFastMRIMask` converts the other way.
+
     Raises:
         ValueError: unknown name (the message lists the registered names) or
             invalid arguments (named in the message).
     """
-    return MASKS.build(name, **kwargs)
+    func = MASKS.build(name, **kwargs)
+    from fastmri.data.subsample import MaskFunc
+
+    if isinstance(func, MaskFunc):
+        return FastMRIMask.wrap(name, func)
+    return func
 
 
 def check_mask_on_grid(func: Callable[..., MaskResult], shape: Tuple[int, int], nominal: Optional[float],
