@@ -32,6 +32,10 @@ What the CLI adds to Lightning's:
   ``fit`` into a run folder whose ``checkpoints/`` holds an earlier run's
   files is refused unless resuming (``--ckpt_path last``) or ``--overwrite true``
   (which moves them to ``checkpoints/replaced-<time>/``);
+* ``predict`` writes reconstructions (``--prediction_writer.out_dir``, default
+  ``<default_root_dir>/predictions``) exactly as ``run_inference.py`` does
+  (:class:`~iconet_fastmri.predictions.PredictionWriter`), for the data
+  module's test split (``--data.test_path`` for any folder);
 * ``last.ckpt`` holds the final weights however ``fit`` ends
   (:class:`~iconet_fastmri.callbacks.IconetCheckpoint`);
 """
@@ -51,6 +55,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from .callbacks import IconetCheckpoint
 from .checkpoints import load_checkpoint
 from .models import MODELS, registered_name
+from .predictions import PredictionWriter
 from .pl_modules import IconetDataModule, IconetModule
 
 __all__ = ["IconetCLI", "main"]
@@ -68,6 +73,7 @@ class IconetCLI(LightningCLI):
         parser.link_arguments("data.kspace_steps", "model.kspace_steps")
         parser.link_arguments("model.mode", "model.model.init_args.in_chans", compute_fn=mode_channels)
         parser.add_lightning_class_args(IconetCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         self.add_run_arguments(parser)
         parser.set_defaults(
             {

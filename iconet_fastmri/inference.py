@@ -27,20 +27,14 @@ overwritten unless ``overwrite=True``.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-import h5py
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from . import __version__
 from .checkpoints import load_checkpoint
-from .io import atomic_write
 from .data.batching import collate_samples
 from .data.dataset import IconetSliceDataset
 from .data.splits import PartFilter, check_test_fraction
@@ -48,16 +42,18 @@ from .data.transforms import IconetDataTransform
 from .models import build_model, model_from_spec
 from .physics.masks import MaskConfig
 from .pl_modules.iconet_module import IconetModule
+from .predictions import (
+    MASK_SEED_RULE,
+    VolumeAssembler,
+    check_writable,
+    volume_attributes,
+    write_volume_atomic,
+)
 
 __all__ = ["BASELINES", "load_method", "run_inference", "write_volume_atomic", "check_writable", "MASK_SEED_RULE"]
 
 #: Baselines that need no checkpoint, by their inference name.
 BASELINES = {"zero_filled_bicubic": "bicubic", "zero_filled_sinc": "sinc"}
-MASK_SEED_RULE = "crc32('<file name>/<slice>') per slice (iconet_fastmri.physics.masks.mask_seed)"
-MASK_SEED_RULES_TEXT = {
-    "slice": MASK_SEED_RULE,
-    "volume": "tuple(map(ord, '<file name>')) per volume (fastMRI's rule)",
-}
 
 
 def load_method(
@@ -110,28 +106,6 @@ def load_method(
         raise ValueError(f"checkpoint {checkpoint} does not match its architecture: missing {missing}, unexpected {unexpected}")
     data = dict(ckpt.get("IconetDataModule") or {})
     return module.eval(), data, module.method_name
-
-
-def write_volume_atomic(path: Path, reconstruction: np.ndarray, attrs: Dict[str, Any]) -> None:
-    """Write ``reconstruction`` (+ attributes) to ``path`` atomically (:func:`~iconet_fastmri.io.atomic_write`)."""
-
-    def write(tmp: Path) -> None:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("reconstruction", data=reconstruction.astype(np.float32))
-            for key, value in attrs.items():
-                f.attrs[key] = value
-
-    atomic_write(path, write)
-
-
-def check_writable(folder: Path) -> None:
-    """Create ``folder`` if needed and prove it writable with a throw-away file; a clear error otherwise."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / ".write_test", lambda tmp: tmp.write_bytes(b""))
-        (folder / ".write_test").unlink()
-    except OSError as err:
-        raise PermissionError(f"output folder {folder} is not writable ({err}); nothing was computed") from err
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
@@ -208,52 +182,17 @@ def run_inference(
             f"pass --overwrite to replace them"
         )
     acquisitions = {Path(s.fname).name: str(s.metadata.get("acquisition", "")) for s in dataset.raw_samples}
-    nominal_r = mask.nominal_acceleration()
-    mask_args = {k: v for k, v in dataclasses.asdict(mask).items() if k != "name"}
-
+    attrs = volume_attributes(method, str(checkpoint) if checkpoint else None, challenge, scale, hr, pad, mask,
+                              seed_rule)
+    assembler = VolumeAssembler(out_dir, expected, attrs, acquisitions)
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_samples
     )
-    pending: Dict[str, Dict[int, Tuple[np.ndarray, float]]] = {}
-    written: List[Path] = []
-
-    def flush(name: str) -> None:
-        slices = pending.pop(name)
-        order = sorted(slices)
-        volume = np.stack([slices[i][0] for i in order])
-        r_lr = float(np.mean([slices[i][1] for i in order]))
-        attrs = {
-            "method": method,
-            "checkpoint": str(checkpoint) if checkpoint else "",
-            "challenge": challenge,
-            "acquisition": acquisitions.get(name, ""),
-            "scale": scale,
-            "hr_crop": np.asarray(hr, dtype=np.int64),
-            "pad_if_smaller": bool(pad),
-            "mask_name": mask.name,
-            "mask_args": json.dumps(mask_args, sort_keys=True),
-            "mask_seed_rule": MASK_SEED_RULES_TEXT[seed_rule],
-            "acceleration": float(nominal_r) if nominal_r is not None else float("nan"),
-            "effective_acceleration_lr": r_lr,
-            "effective_acceleration": float(scale**2 * r_lr),
-            "iconet_fastmri_version": __version__,
-        }
-        path = out_dir / name
-        write_volume_atomic(path, volume, attrs)
-        written.append(path)
-
     with torch.inference_mode():
         for batch in _progress(loader, len(loader), f"{method} x{scale}", progress):
             batch = batch._replace(hr_images=batch.hr_images.to(device), mask=batch.mask.to(device))
             deg = module.degrade(batch)
             sr = module.magnitude(module(deg).sr)[:, 0].float().cpu().numpy()
-            acquired = batch.mask.flatten(1).sum(1).cpu().numpy()
-            grid = float(batch.mask[0].numel())
-            for i, name in enumerate(batch.fname):
-                slices = pending.setdefault(name, {})
-                slices[int(batch.slice_num[i])] = (sr[i], grid / max(float(acquired[i]), 1.0))
-                if len(slices) == expected[name]:
-                    flush(name)
-    for name in list(pending):  # only with sample subsets
-        flush(name)
+            assembler.add_batch(batch.fname, batch.slice_num, sr, batch.mask)
+    written = assembler.finish()
     return written

@@ -29,6 +29,7 @@ LAYERS = {
     "figures": 4,
     "pl_modules": 5,
     "callbacks": 5,
+    "predictions": 5,
     "cli": 6,
     "inference": 6,
     "benchmarks": 7,

@@ -30,6 +30,9 @@ def tiny_checkpoint(tmp_path_factory):
         {
             "state_dict": module.state_dict(),
             "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": __import__("pytorch_lightning").__version__,
+            "epoch": 0,
+            "global_step": 0,
             "IconetDataModule": {
                 "scale": 2, "challenge": "singlecoil", "hr_crop": [32, 32],
                 "mask": {"name": "random", "center_fractions": [0.08], "accelerations": [4.0],
@@ -131,3 +134,23 @@ def test_missing_volume_and_shape_mismatch_are_named(tiny_checkpoint, singlecoil
     (tmp_path / "empty").mkdir()
     with pytest.raises(PredictionError, match="empty.*no .h5 files"):
         evaluate_folders(singlecoil_dir, [tmp_path / "empty"])
+
+
+def test_cli_predict_writes_what_run_inference_writes(tiny_checkpoint, singlecoil_dir, tmp_path):
+    """`predict` (a BasePredictionWriter) and run_inference.py share one code path and write the same files."""
+    from iconet_fastmri.cli import main
+
+    reference = run_inference(singlecoil_dir, tmp_path / "inference", checkpoint=tiny_checkpoint, progress=False)
+    main(["predict", "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.logger", "false",
+          "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "run"),
+          "--ckpt_path", str(tiny_checkpoint), "--data.data_path", str(tmp_path),
+          "--data.test_path", str(singlecoil_dir), "--data.hr_crop", "[32, 32]", "--data.batch_size", "2",
+          "--data.num_workers", "0", "--data.use_dataset_cache", "false",
+          "--prediction_writer.out_dir", str(tmp_path / "predict")])
+    for ref in reference:
+        with h5py.File(ref) as a, h5py.File(tmp_path / "predict" / ref.name) as b:
+            assert np.array_equal(a["reconstruction"][()], b["reconstruction"][()])
+            same = {k for k in a.attrs if k != "checkpoint"}
+            assert same <= set(b.attrs)
+            for key in same:
+                assert np.array_equal(np.asarray(a.attrs[key]), np.asarray(b.attrs[key])), key

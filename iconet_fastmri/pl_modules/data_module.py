@@ -109,7 +109,8 @@ class IconetDataModule(pl.LightningDataModule):
             knee and brain tarballs unpack side by side); an ambiguous layout is an
             error that lists the candidates.
         train_path, val_path, test_path: explicit split folders (override data_path).
-        test_split: folder used for ``test`` / ``predict``: ``"val"`` (default) or ``"test"``.
+        test_split: folder used for ``test`` / ``predict``: ``"val"`` (default) or ``"test"``
+            (an explicit ``test_path`` wins).
         test_fraction: with ``test_split: val``, hold out this fraction of the
             val folder's volumes (by a hash of the file name,
             :mod:`iconet_fastmri.data.splits`) as the test part: ``validate``
@@ -275,7 +276,10 @@ class IconetDataModule(pl.LightningDataModule):
             pad_if_smaller=self.pad_if_smaller,
             mask_seed_rule=self.mask_seed_rule,
         )
-        folder = self.split_path("val" if split == "test" and self.test_split == "val" else split)
+        if split == "test" and not self.paths.get("test") and self.test_split == "val":
+            folder = self.split_path("val")  # fastMRI's test files have no targets: the val folder
+        else:
+            folder = self.split_path(split)
         part = None
         if self.test_fraction is not None and split in ("val", "test"):
             part = split  # the val folder, split by file name into a val and a test part

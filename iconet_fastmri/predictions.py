@@ -1,0 +1,193 @@
+"""Reconstruction files in fastMRI's submission format, assembled slice by slice.
+
+One home for what inference writes, used by ``run_inference.py`` and by the
+CLI's ``predict`` (:class:`PredictionWriter`): ``{out_dir}/{fname}`` holding
+the dataset ``reconstruction`` (float32 ``(slices, H, W)``, as
+``fastmri.save_reconstructions`` writes it) plus attributes recording how the
+input was simulated (see :func:`volume_attributes`). A volume is written
+atomically as soon as its last slice arrives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import h5py
+import numpy as np
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import BasePredictionWriter
+
+from . import __version__
+from .io import atomic_write
+from .physics.masks import MaskConfig
+
+__all__ = [
+    "MASK_SEED_RULE",
+    "MASK_SEED_RULES_TEXT",
+    "write_volume_atomic",
+    "check_writable",
+    "volume_attributes",
+    "VolumeAssembler",
+    "PredictionWriter",
+]
+
+MASK_SEED_RULE = "crc32('<file name>/<slice>') per slice (iconet_fastmri.physics.masks.mask_seed)"
+MASK_SEED_RULES_TEXT = {
+    "slice": MASK_SEED_RULE,
+    "volume": "tuple(map(ord, '<file name>')) per volume (fastMRI's rule)",
+}
+
+
+def write_volume_atomic(path: Path, reconstruction: np.ndarray, attrs: Mapping[str, Any]) -> None:
+    """Write ``reconstruction`` (+ attributes) to ``path`` atomically (:func:`~iconet_fastmri.io.atomic_write`)."""
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("reconstruction", data=np.asarray(reconstruction, dtype=np.float32))
+            for key, value in attrs.items():
+                f.attrs[key] = value
+
+    atomic_write(path, write)
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and prove it writable with a throw-away file; a clear error otherwise."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / ".write_test", lambda tmp: tmp.write_bytes(b""))
+        (folder / ".write_test").unlink()
+    except OSError as err:
+        raise PermissionError(f"output folder {folder} is not writable ({err}); nothing was computed") from err
+
+
+def volume_attributes(
+    method: str,
+    checkpoint: Optional[str],
+    challenge: str,
+    scale: int,
+    hr_crop: Sequence[int],
+    pad_if_smaller: bool,
+    mask: MaskConfig,
+    mask_seed_rule: str,
+) -> Dict[str, Any]:
+    """The attributes every volume of one run carries (the per-volume ones are added on writing)."""
+    nominal = mask.nominal_acceleration()
+    return {
+        "method": method,
+        "checkpoint": str(checkpoint) if checkpoint else "",
+        "challenge": challenge,
+        "scale": int(scale),
+        "hr_crop": np.asarray(hr_crop, dtype=np.int64),
+        "pad_if_smaller": bool(pad_if_smaller),
+        "mask_name": mask.name,
+        "mask_args": json.dumps({k: v for k, v in dataclasses.asdict(mask).items() if k != "name"},
+                                sort_keys=True),
+        "mask_seed_rule": MASK_SEED_RULES_TEXT[mask_seed_rule],
+        "acceleration": float(nominal) if nominal is not None else float("nan"),
+        "iconet_fastmri_version": __version__,
+    }
+
+
+class VolumeAssembler:
+    """Collect slices per volume and write each volume when its last slice arrives.
+
+    Args:
+        out_dir: the output folder (checked writable by the caller).
+        expected: ``{fname: number of slices}``.
+        attrs: :func:`volume_attributes` of the run.
+        acquisitions: ``{fname: acquisition}`` (file attribute of the raw data).
+    """
+
+    def __init__(self, out_dir: Path, expected: Mapping[str, int], attrs: Mapping[str, Any],
+                 acquisitions: Optional[Mapping[str, str]] = None) -> None:
+        self.out_dir = Path(out_dir)
+        self.expected = dict(expected)
+        self.attrs = dict(attrs)
+        self.acquisitions = dict(acquisitions or {})
+        self.pending: Dict[str, Dict[int, Tuple[np.ndarray, float]]] = {}
+        self.written: List[Path] = []
+
+    def add(self, fname: str, slice_num: int, image: np.ndarray, lr_acceleration: float) -> None:
+        """One slice's HR magnitude and the acceleration of its LR mask."""
+        slices = self.pending.setdefault(fname, {})
+        slices[int(slice_num)] = (np.asarray(image, dtype=np.float32), float(lr_acceleration))
+        if len(slices) == self.expected.get(fname, -1):
+            self._flush(fname)
+
+    def add_batch(self, fnames: Sequence[str], slice_nums: Any, images: np.ndarray, masks: Any) -> None:
+        """A batch: images ``(B, H, W)``, masks ``(B, 1, h, w)`` (their acceleration is recorded)."""
+        acquired = masks.flatten(1).sum(1).cpu().numpy()
+        grid = float(masks[0].numel())
+        for i, name in enumerate(fnames):
+            self.add(name, int(slice_nums[i]), images[i], grid / max(float(acquired[i]), 1.0))
+
+    def _flush(self, name: str) -> None:
+        slices = self.pending.pop(name)
+        order = sorted(slices)
+        r_lr = float(np.mean([slices[i][1] for i in order]))
+        attrs = {
+            **self.attrs,
+            "acquisition": self.acquisitions.get(name, ""),
+            "effective_acceleration_lr": r_lr,
+            "effective_acceleration": float(self.attrs["scale"] ** 2 * r_lr),
+        }
+        path = self.out_dir / name
+        write_volume_atomic(path, np.stack([slices[i][0] for i in order]), attrs)
+        self.written.append(path)
+
+    def finish(self) -> List[Path]:
+        """Write volumes still open (only with slice subsets) and return every written file."""
+        for name in list(self.pending):
+            self._flush(name)
+        return self.written
+
+
+class PredictionWriter(BasePredictionWriter):
+    """``predict`` writes reconstructions as ``run_inference.py`` does (same files, same attributes).
+
+    Args:
+        out_dir: output folder; default ``<default_root_dir>/predictions``.
+        overwrite: replace existing results (otherwise a folder that already
+            holds any of the volumes is refused before predicting).
+    """
+
+    def __init__(self, out_dir: Optional[str] = None, overwrite: bool = False) -> None:
+        super().__init__(write_interval="batch")
+        self.out_dir = out_dir
+        self.overwrite = overwrite
+        self.assembler: Optional[VolumeAssembler] = None
+
+    def on_predict_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        dm = trainer.datamodule
+        out = Path(self.out_dir or Path(trainer.default_root_dir) / "predictions")
+        check_writable(out)
+        dataset = dm._dataset("test")
+        expected = dataset.slices_per_volume()
+        existing = sorted(name for name in expected if (out / name).exists())
+        if existing and not self.overwrite:
+            raise FileExistsError(
+                f"{out} already holds results for {len(existing)} volume(s) (e.g. {existing[0]}); "
+                f"pass --prediction_writer.overwrite true to replace them"
+            )
+        ckpt = getattr(trainer, "ckpt_path", None)
+        attrs = volume_attributes(
+            pl_module.method_name, ckpt, dm.challenge, dm.scale, dm.hr_crop, dm.pad_if_smaller, dm.mask,
+            dm.mask_seed_rule,
+        )
+        acquisitions = {Path(s.fname).name: str(s.metadata.get("acquisition", "")) for s in dataset.raw_samples}
+        self.assembler = VolumeAssembler(out, expected, attrs, acquisitions)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
+                           dataloader_idx=0) -> None:
+        assert self.assembler is not None
+        self.assembler.add_batch(prediction["fname"], prediction["slice_num"],
+                                 prediction["reconstruction"].float().numpy(), batch.mask)
+
+    def on_predict_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self.assembler is not None:
+            written = self.assembler.finish()
+            pl.utilities.rank_zero_info(f"[iconet-fastmri] predict wrote {len(written)} volume(s) to "
+                                        f"{self.assembler.out_dir}")
