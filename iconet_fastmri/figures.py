@@ -14,7 +14,7 @@ from .physics.degradation import KSpaceDegradation
 from .evaluation import load_prediction, load_target_volume
 from .physics.masks import MaskConfig
 
-__all__ = ["lr_input_for", "comparison_panel"]
+__all__ = ["lr_input_for", "comparison_panel", "validation_panel"]
 
 
 def lr_input_for(
@@ -97,3 +97,37 @@ def comparison_panel(
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return out_png
+
+
+def validation_panel(
+    lr_input: np.ndarray, prior: Optional[np.ndarray], sr: np.ndarray, target: np.ndarray, dpi: int = 80
+) -> "tuple[np.ndarray, list[str]]":
+    """A labelled RGB panel of one validation slice for TensorBoard: ``(H, W, 3) uint8`` and the tile titles.
+
+    Tiles: LR input, reconstruction prior (both on their own LR grid), SR,
+    HR target (all on the target's grey scale), and ``|SR - target|`` on its
+    own scale (0 to its 99.5th percentile), which the title states as a
+    fraction of the target maximum so the map is readable and comparable.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vmax = float(target.max()) or 1.0
+    error = np.abs(sr - target)
+    emax = float(np.percentile(error, 99.5)) or float(error.max()) or 1.0
+    tiles = [("LR input", lr_input, vmax, "gray"), ("reconstruction prior", prior, vmax, "gray"),
+             ("SR", sr, vmax, "gray"), ("HR target", target, vmax, "gray"),
+             (f"|SR - target|, 0-{emax / vmax:.1%} of max", error, emax, "magma")]
+    tiles = [t for t in tiles if t[1] is not None]
+    fig, axes = plt.subplots(1, len(tiles), figsize=(2.2 * len(tiles), 2.5), dpi=dpi)
+    for ax, (title, image, top, cmap) in zip(axes, tiles):
+        ax.imshow(image, cmap=cmap, vmin=0, vmax=top)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return rgb, [t[0] for t in tiles]

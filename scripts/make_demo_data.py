@@ -71,6 +71,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             num_coils=args.coils,
             anatomy=args.anatomy,
             noise_level=args.noise_level,
+            progress=True,
         )
         elapsed = time.perf_counter() - start
         print(f"[{challenge}] done in {elapsed:.2f} s (an up-to-date split is not rewritten)")

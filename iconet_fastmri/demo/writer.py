@@ -37,7 +37,8 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-from typing import List, Optional, Sequence, Tuple, Union
+import time
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import h5py
 import numpy as np
@@ -83,6 +84,7 @@ def write_fastmri_dataset(
     anatomy: str = "mixed",
     image_scale: float = 1e-4,
     first_index: int = 0,
+    progress: bool = False,
 ) -> List[pathlib.Path]:
     """Write ``num_volumes`` synthetic volumes as fastMRI HDF5 files.
 
@@ -107,6 +109,7 @@ def write_fastmri_dataset(
         image_scale: maximum image magnitude before noise.
         first_index: index of the first volume (to keep names and draws
             distinct across splits).
+        progress: a progress bar over volumes.
 
     Returns:
         Paths of the written files, in index order.
@@ -118,7 +121,12 @@ def write_fastmri_dataset(
     rh, rw = (int(n) for n in recon_size)
     Wk = default_kspace_width(rw) if kspace_width is None else int(kspace_width)
     paths = []
-    for index in range(first_index, first_index + num_volumes):
+    indices: Any = range(first_index, first_index + num_volumes)
+    if progress:
+        from tqdm.auto import tqdm
+
+        indices = tqdm(indices, desc=f"demo data {out.name}", unit="volume")
+    for index in indices:
         vol = simulate_volume(
             challenge, slices, (rh, rw), Wk, num_coils, noise_level, anatomy, image_scale,
             seed=np.random.default_rng([seed, index]),
@@ -193,6 +201,7 @@ def make_demo_splits(
     overwrite: bool = False,
     num_coils: int = 8,
     prefix: str = "file_demo_",
+    progress: bool = False,
     **kwargs: object,
 ) -> Tuple[pathlib.Path, pathlib.Path]:
     """Write (or reuse) ``root/{challenge}_train`` and ``root/{challenge}_val``.
@@ -258,10 +267,15 @@ def make_demo_splits(
             for old in folder.glob(f"{prefix}*.h5"):
                 if old.name not in keep:
                     old.unlink()
+            start = time.perf_counter()
             write_fastmri_dataset(
                 folder, challenge, count, slices, (rh, rw), num_coils=num_coils, seed=seed,
-                prefix=prefix, first_index=first, **kwargs,  # type: ignore[arg-type]
+                prefix=prefix, first_index=first, progress=progress, **kwargs,  # type: ignore[arg-type]
             )
+            log.info("wrote %d demo volume(s) to %s in %.1f s", count, folder, time.perf_counter() - start)
+            if progress:
+                print(f"[iconet-fastmri] wrote {count} demo volume(s) to {folder} in "
+                      f"{time.perf_counter() - start:.1f} s")
         dirs.append(folder)
         first += count
     return dirs[0], dirs[1]

@@ -258,6 +258,7 @@ class IconetDataModule(pl.LightningDataModule):
             slices=self.demo_slices,
             recon_size=self.hr_crop,
             seed=self.seed,
+            progress=True,
         )
 
     # ------------------------------------------------------------------ datasets

@@ -26,7 +26,6 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from pytorch_lightning.utilities import rank_zero_info
 
@@ -284,26 +283,22 @@ class IconetModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ images
     def _log_panels(self, deg: Degraded, out, sr: torch.Tensor) -> None:
+        """Labelled panels (:func:`~iconet_fastmri.figures.validation_panel`) of the first slices, TensorBoard only."""
         logger = self.logger
         if logger is None or self.hparams.num_log_images <= 0 or self.global_rank != 0:
             return
         experiment = getattr(logger, "experiment", None)
         if not hasattr(experiment, "add_image"):  # only TensorBoard draws images
             return
+        from ..figures import validation_panel
+
         for i in range(min(self.hparams.num_log_images, sr.shape[0])):
-            target = deg.hr_target[i, 0].float()
-            size = target.shape
-            def up(img: torch.Tensor) -> torch.Tensor:
-                return F.interpolate(img[None, None].float(), size=size, mode="nearest")[0, 0]
-            prior = self.magnitude(out.rec_stages[0][i : i + 1])[0, 0] if out.rec_stages else torch.zeros_like(deg.lr_input[i, 0])
-            error = (sr[i, 0] - target).abs()
-            panel = torch.cat([up(deg.lr_input[i, 0]), up(prior), sr[i, 0], target, error], dim=1)
-            panel = (panel / target.max().clamp_min(1e-12)).clamp(0, 1)
-            experiment.add_image(
-                f"val/panel_{i}: LR input | rec prior | SR | HR target | |error|",
-                panel[None].cpu(),
-                global_step=self.global_step,
+            prior = self.magnitude(out.rec_stages[0][i : i + 1])[0, 0].cpu().numpy() if out.rec_stages else None
+            rgb, _ = validation_panel(
+                deg.lr_input[i, 0].float().cpu().numpy(), prior, sr[i, 0].cpu().numpy(),
+                deg.hr_target[i, 0].float().cpu().numpy(),
             )
+            experiment.add_image(f"val/panel_{i}", rgb, global_step=self.global_step, dataformats="HWC")
 
     # ------------------------------------------------------------------ report
     def on_fit_end(self) -> None:
