@@ -5,6 +5,7 @@ environment fields, and each ours-vs-fastMRI pair matches to float32 rounding.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +134,21 @@ def test_sections_flag_selects(tmp_path):
         timeout=120,
     )
     assert bad.returncode != 0 and "unknown section" in bad.stderr
+
+
+def test_gpu_check_cpu_path(tmp_path):
+    """scripts/gpu_check.py's CPU-vs-CPU path at tiny sizes (the GPU run uses the same code)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--device", "cpu", "--tiny",
+         "--skip_benchmark", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    cases = {(r["case"], r["tensor"]) for r in report["numerics"]}
+    assert ("degradation 3-coil x4", "stage_targets[0]") in cases and ("ICONet forward fp32", "sr") in cases
+    assert ("masks drawn for a batch", "mask") in cases
+    assert all(r["ok"] for r in report["numerics"])
+    training = report["training"]
+    assert training["ok"] and training["psnr_diff_db"] == 0.0  # the same fp32 eager run twice on the CPU
+    assert "gpu_check passed" in proc.stdout

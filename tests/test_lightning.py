@@ -273,3 +273,24 @@ def test_cli_injects_any_registered_model_and_links_the_acquisition(tmp_path):
     bad = subprocess.run(base + ["--model.model.init_args.widht", "8", "--print_config"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode != 0 and "widht" in bad.stderr
+
+
+def test_cpu_threads_are_sized_to_the_cores_left_by_workers(monkeypatch):
+    from jsonargparse import Namespace
+
+    from iconet_fastmri.cli import size_cpu_threads
+
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0))
+    config = Namespace(trainer=Namespace(accelerator="cpu"), data=Namespace(num_workers=1))
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert size_cpu_threads(config) == max(1, cores - 1) == torch.get_num_threads()
+        config.data.num_workers = 0
+        assert size_cpu_threads(config) == cores
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        assert size_cpu_threads(config) == 1  # the user's choice wins
+        assert size_cpu_threads(Namespace(trainer=Namespace(accelerator="gpu"), data=config.data)) is None
+    finally:
+        torch.set_num_threads(before)

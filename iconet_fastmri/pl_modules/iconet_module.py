@@ -20,6 +20,7 @@ baseline ``val/psnr_bicubic`` (also ``val/ssim_bicubic``, ``val/nmse_bicubic``).
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple
 
@@ -136,8 +137,16 @@ class IconetModule(pl.LightningModule):
         self._stage_results: Dict[str, Dict[str, Dict[str, float]]] = {}
 
     # ------------------------------------------------------------------ forward
+    def on_fit_start(self) -> None:
+        self._fit_started = time.perf_counter()
+
     def configure_model(self) -> None:
         if self.hparams.compile and self._compiled is None:
+            if self.device.type == "cpu":
+                log.warning(
+                    "torch.compile on the CPU: its warm-up (inductor) took over 150 s for ICONet in our "
+                    "measurement, more than a short CPU run saves; it pays on GPUs"
+                )
             # Kept out of the module tree, so checkpoints keep the plain "model." keys.
             object.__setattr__(self, "_compiled", torch.compile(self.model))
 
@@ -302,6 +311,11 @@ class IconetModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ report
     def on_fit_end(self) -> None:
+        started = getattr(self, "_fit_started", None)
+        if started is not None:
+            minutes, seconds = divmod(time.perf_counter() - started, 60)
+            rank_zero_info(f"[iconet-fastmri] fit took {int(minutes)} min {seconds:.0f} s "
+                           f"({self.trainer.global_step} steps)")
         metrics = self.trainer.callback_metrics
         if "val/psnr" not in metrics or "val/psnr_bicubic" not in metrics:
             return
