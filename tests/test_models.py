@@ -86,7 +86,7 @@ def model_input(degraded: Degraded, in_chans: int) -> torch.Tensor:
 
 def run_model(model: torch.nn.Module, degraded: Degraded, in_chans: int) -> SROutput:
     x = model_input(degraded, in_chans)
-    if getattr(model, "dc_mode", "none") != "none":
+    if getattr(model, "uses_kspace", False):
         return model(x, degraded.lr_observed, degraded.mask)
     return model(x)
 
@@ -214,6 +214,7 @@ GRAD_CONFIGS += [
     for s in (2, 4)
     for dc in ("none", "hard", "soft")
 ]
+GRAD_CONFIGS += [dict(scale=s, in_chans=2, data_consistency_sr=dc) for s in (2, 4) for dc in ("hard", "soft")]
 
 
 @pytest.mark.parametrize(
@@ -580,3 +581,35 @@ def test_unknown_names_list_the_valid_ones() -> None:
 def test_wrong_input_channels_is_an_error() -> None:
     with pytest.raises(ValueError, match=r"\(B, 2, h, w\)"):
         small_iconet(in_chans=2)(torch.rand(1, 1, 6, 6))
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_dc_at_the_sr_output_changes_only_measured_frequencies(scale: int) -> None:
+    """data_consistency_sr: the HR output's LR-truncated k-space equals the measurements where the
+    mask is 1; frequencies outside the LR block (the SR branch's) are those of the same model without it."""
+    torch.manual_seed(0)
+    hr = (32, 48)
+    lr = (hr[0] // scale, hr[1] // scale)
+    deg = KSpaceDegradation(scale)(torch.randn(2, 1, *hr, dtype=torch.complex64),
+                                   (torch.rand(2, 1, *lr) > 0.5).float())
+    x = torch.cat([deg.lr_input_complex.real, deg.lr_input_complex.imag], dim=1)
+    kwargs = dict(scale=scale, in_chans=2, width=8, blocks_per_stage=1)
+    plain = ICONet(**kwargs).eval()
+    dc = ICONet(**kwargs, data_consistency_sr="hard").eval()
+    dc.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        a = channels_to_complex(plain(x, deg.lr_observed, deg.mask).sr)
+        b = channels_to_complex(dc(x, deg.lr_observed, deg.mask).sr)
+    kb, ka = fft2c(b), fft2c(a)
+    sampled = deg.mask.bool().expand(2, 1, *lr)
+    lr_b = crop_kspace(kb, lr)
+    assert torch.allclose(lr_b[sampled], deg.lr_observed[sampled], atol=1e-5)
+    assert torch.allclose(lr_b[~sampled], crop_kspace(ka, lr)[~sampled], atol=1e-5)
+    outside = torch.ones(hr, dtype=torch.bool)
+    r0, c0 = hr[0] // 2 - lr[0] // 2, hr[1] // 2 - lr[1] // 2
+    outside[r0 : r0 + lr[0], c0 : c0 + lr[1]] = False
+    assert torch.allclose(kb[..., outside], ka[..., outside], atol=1e-5)
+    soft = ICONet(**kwargs, data_consistency_sr="soft")
+    assert soft.uses_kspace and soft.dc_sr_lambda_raw.requires_grad
+    with pytest.raises(ValueError, match="data_consistency_sr='hard' needs complex mode"):
+        ICONet(scale=scale, in_chans=1, data_consistency_sr="hard")

@@ -102,6 +102,11 @@ class ICONet(SRModel):
         block: ``"rscfl"`` or ``"resblock"`` (plain residual conv blocks, ablation).
         data_consistency: ``"none"``, ``"hard"`` or ``"soft"`` (learned λ per
             stage); k-space DC of the reconstruction prior, complex mode only.
+        data_consistency_sr: ``"none"``, ``"hard"`` or ``"soft"`` (one learned λ):
+            DC of the final SR output. Its k-space, truncated to the LR grid,
+            is made to agree with the acquired samples where the mask is 1;
+            through the truncation's adjoint only those frequencies change and
+            the SR branch's high frequencies are left alone. Complex mode only.
         use_rec_branch: ``False`` removes the reconstruction branch (ablation).
         checkpoint_blocks: gradient-checkpoint every block while training.
         num_heads: heads of the RSCFL channel attention [ours: 4].
@@ -127,6 +132,7 @@ class ICONet(SRModel):
         fusion: Literal["adaptive", "concat", "none"] = "adaptive",
         block: Literal["rscfl", "resblock"] = "rscfl",
         data_consistency: Literal["none", "hard", "soft"] = "none",
+        data_consistency_sr: Literal["none", "hard", "soft"] = "none",
         use_rec_branch: bool = True,
         checkpoint_blocks: bool = False,
         num_heads: int = 4,
@@ -141,6 +147,15 @@ class ICONet(SRModel):
             raise ValueError(f"unknown fusion {fusion!r}; valid fusions are {list(FUSION_TYPES)}")
         if block not in BLOCK_TYPES:
             raise ValueError(f"unknown block {block!r}; valid blocks are {list(BLOCK_TYPES)}")
+        if data_consistency_sr not in DC_MODES:
+            raise ValueError(
+                f"unknown data_consistency_sr {data_consistency_sr!r}; valid modes are {list(DC_MODES)}"
+            )
+        if data_consistency_sr != "none" and in_chans != 2:
+            raise ValueError(
+                f"data_consistency_sr={data_consistency_sr!r} needs complex mode (in_chans=2): "
+                f"k-space consistency is undefined for magnitude images (in_chans={in_chans})"
+            )
         if data_consistency not in DC_MODES:
             raise ValueError(
                 f"unknown data_consistency {data_consistency!r}; valid modes are {list(DC_MODES)}"
@@ -168,6 +183,7 @@ class ICONet(SRModel):
         self.use_rec_branch = use_rec_branch
         self.fusion_type = fusion if use_rec_branch else "none"
         self.dc_mode = data_consistency
+        self.dc_sr_mode = data_consistency_sr
 
         def branch() -> FeatureBranch:
             blocks = [
@@ -196,6 +212,8 @@ class ICONet(SRModel):
         if data_consistency == "soft":
             raw = _inverse_softplus(dc_lambda_init)
             self.dc_lambda_raw = nn.Parameter(torch.full((self.num_stages,), raw))
+        if data_consistency_sr == "soft":
+            self.dc_sr_lambda_raw = nn.Parameter(torch.tensor(_inverse_softplus(dc_lambda_init)))
 
     @property
     def checkpoint_blocks(self) -> bool:
@@ -217,7 +235,7 @@ class ICONet(SRModel):
     @property
     def uses_kspace(self) -> bool:  # type: ignore[override]
         """Data consistency needs the measured k-space and the mask."""
-        return self.dc_mode != "none"
+        return self.dc_mode != "none" or self.dc_sr_mode != "none"
 
     def _apply_dc(
         self, rec: torch.Tensor, measured: torch.Tensor, mask: torch.Tensor, stage: int
@@ -229,6 +247,13 @@ class ICONet(SRModel):
             lam = F.softplus(self.dc_lambda_raw[stage]).to(image.real.dtype)
         corrected = data_consistency(image, measured.to(image.dtype), mask, lam)
         return complex_to_channels(corrected).to(rec.dtype)
+
+    def _apply_dc_sr(self, sr: torch.Tensor, measured: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # DC of the HR estimate: through the truncation T only the measured LR frequencies change.
+        image = channels_to_complex(sr)
+        lam = F.softplus(self.dc_sr_lambda_raw).to(image.real.dtype) if self.dc_sr_mode == "soft" else None
+        corrected = data_consistency(image, measured.to(image.dtype), mask, lam)
+        return complex_to_channels(corrected).to(sr.dtype)
 
     def run(
         self,
@@ -258,4 +283,7 @@ class ICONet(SRModel):
             sr = self.sr_tails[k](feats) + upsample_bicubic(base)
             sr_stages.append(sr)
             previous = sr
+        if self.dc_sr_mode != "none":
+            assert measured is not None and mask is not None  # checked by forward
+            sr_stages[-1] = self._apply_dc_sr(sr_stages[-1], measured, mask)
         return SROutput(sr=sr_stages[-1], sr_stages=sr_stages, rec_stages=rec_stages)

@@ -1,0 +1,175 @@
+"""Coil sensitivity maps and the SENSE forward model ``A = M · F · T · S`` with its adjoint.
+
+* :func:`estimate_maps_rss`: the fast on-device estimate, batched in torch:
+  the fully sampled centre (auto-calibration lines) of the *acquired LR*
+  k-space, zero elsewhere, transformed to low-resolution coil images and
+  normalised by their root-sum-of-squares (as VarNet-style models
+  initialise). ``Σ_c |S_c|² = 1`` wherever the coil images are not zero. The
+  maps carry the object's phase; it cancels in ``S Sᴴ`` and in SENSE
+  combination, which is what they are used for.
+* :func:`espirit_maps`: ESPIRiT maps (``sigpy.mri.app.EspiritCalib``) from
+  the same calibration region, on the CPU; slow (measured: 0.2 s for 8 coils
+  at 64x64, 12.8 s for 15 coils at 160x160 on 2 CPU cores, against 0.07 s for
+  :func:`estimate_maps_rss` on a batch of 8 such slices), so for training precompute them and
+  cache them (:func:`espirit_maps_cached`, in a cache folder keyed by the
+  k-space content, never beside the data).
+* :class:`SenseOperator`: ``A x = M ⊙ F(T(S x))`` for an image ``x`` on a
+  grid ``(H, W)``: coil expansion ``S`` (maps on that grid), centred FFT
+  ``F``, intensity-preserving truncation ``T`` to the LR grid ``(h, w)``
+  (identity when the grids agree) and the sampling mask ``M``; its adjoint
+  ``Aᴴ y = Σ_c conj(S_c) F⁻¹(Tᴴ(M ⊙ y_c))``. Single-coil data is ``S = 1``.
+* :func:`sense_combine`: ``Σ_c conj(S_c) x_c``, the coil combination that
+  turns multi-coil images into one complex image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .fft import fft2c, ifft2c
+from .operators import LinearOperator, crop_kspace, pad_kspace, rss
+
+__all__ = [
+    "calibration_region",
+    "estimate_maps_rss",
+    "espirit_maps",
+    "espirit_maps_cached",
+    "sense_combine",
+    "SenseOperator",
+]
+
+
+def calibration_region(mask: torch.Tensor) -> torch.Tensor:
+    """The fully sampled centre block of LR masks ``(B, 1, h, w)``: 1 inside it, 0 outside.
+
+    Grown from the centre sample while whole rows or columns of the block are
+    sampled: for fastMRI's 1D masks the full-height band of centre columns,
+    for 2D masks (Poisson, Gaussian) their calibration rectangle.
+    """
+    out = torch.zeros_like(mask, dtype=torch.float32)
+    m_all = (mask > 0).cpu()
+    h, w = mask.shape[-2:]
+    for i in range(mask.shape[0]):
+        m = m_all[i, 0]
+        r0 = r1 = h // 2
+        c0 = c1 = w // 2
+        if not bool(m[r0, c0]):
+            raise ValueError(f"mask {i} does not sample the k-space centre: no calibration region")
+        grown = True
+        while grown:
+            grown = False
+            if c0 > 0 and bool(m[r0 : r1 + 1, c0 - 1].all()):
+                c0, grown = c0 - 1, True
+            if c1 < w - 1 and bool(m[r0 : r1 + 1, c1 + 1].all()):
+                c1, grown = c1 + 1, True
+            if r0 > 0 and bool(m[r0 - 1, c0 : c1 + 1].all()):
+                r0, grown = r0 - 1, True
+            if r1 < h - 1 and bool(m[r1 + 1, c0 : c1 + 1].all()):
+                r1, grown = r1 + 1, True
+        out[i, 0, r0 : r1 + 1, c0 : c1 + 1] = 1
+    return out
+
+
+def estimate_maps_rss(kspace: torch.Tensor, mask: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Sensitivity maps from the calibration region of acquired k-space, normalised by their RSS.
+
+    Args:
+        kspace: centred acquired k-space ``(B, C, h, w)`` complex (zero where not sampled).
+        mask: its sampling mask ``(B, 1, h, w)``; its fully sampled centre is used (:func:`calibration_region`).
+        eps: floor of the RSS (maps are 0 where the coil images are).
+
+    Returns:
+        ``(B, C, h, w)`` complex maps with ``Σ_c |S_c|² = 1`` where the RSS exceeds ``eps``.
+    """
+    acs = kspace * calibration_region(mask).to(kspace.device)
+    images = ifft2c(acs)
+    norm = rss(images, dim=1, keepdim=True)
+    return torch.where(norm > eps, images / norm.clamp_min(eps), torch.zeros_like(images))
+
+
+def espirit_maps(kspace: np.ndarray, calib_width: int, thresh: float = 0.02, crop: float = 0.95) -> np.ndarray:
+    """ESPIRiT maps (``sigpy.mri.app.EspiritCalib``) of one slice's acquired k-space ``(C, h, w)``.
+
+    ``calib_width`` is the side of the centred calibration square (the fully
+    sampled centre). Maps are zero where ESPIRiT finds no signal (``crop``).
+    """
+    from sigpy.mri.app import EspiritCalib
+
+    kspace = np.asarray(kspace, dtype=np.complex64)
+    return EspiritCalib(kspace, calib_width=int(calib_width), thresh=thresh, crop=crop,
+                        show_pbar=False).run().astype(np.complex64)
+
+
+def espirit_maps_cached(
+    kspace: np.ndarray, calib_width: int, cache_dir: Union[str, Path], thresh: float = 0.02, crop: float = 0.95
+) -> np.ndarray:
+    """:func:`espirit_maps` through a cache folder keyed by the k-space bytes and the settings.
+
+    The cache holds plain ``.npy`` arrays (loaded with ``allow_pickle=False``),
+    written atomically, in ``cache_dir`` (never in the data folder).
+    """
+    from ..io import atomic_write
+
+    kspace = np.ascontiguousarray(kspace, dtype=np.complex64)
+    digest = hashlib.sha256(kspace.tobytes() + f"{kspace.shape}|{calib_width}|{thresh}|{crop}".encode()).hexdigest()
+    path = Path(cache_dir) / f"espirit_{digest[:32]}.npy"
+    if path.is_file():
+        maps = np.load(path, allow_pickle=False)
+        if maps.shape == kspace.shape and maps.dtype == np.complex64:
+            return maps
+    maps = espirit_maps(kspace, calib_width, thresh, crop)
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, maps, allow_pickle=False)
+
+    atomic_write(path, write)
+    return maps
+
+
+def sense_combine(coil_images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """``Σ_c conj(S_c) x_c``: ``(B, C, H, W)`` coil images -> ``(B, 1, H, W)`` complex image."""
+    return (maps.conj() * coil_images).sum(dim=1, keepdim=True)
+
+
+class SenseOperator(LinearOperator):
+    """``A = M · F · T · S`` and ``Aᴴ`` (see the module docstring).
+
+    Args:
+        maps: sensitivities on the image grid ``(B, C, H, W)`` complex, or ``None`` for single-coil (``S = 1``).
+        mask: LR sampling mask broadcastable to ``(B, C, h, w)``.
+        lr_shape: the LR grid ``(h, w)`` of the measurements (default: the image grid).
+        image_shape: the image grid ``(H, W)``; needed only without maps when it differs from ``lr_shape``.
+    """
+
+    def __init__(self, maps: Optional[torch.Tensor], mask: torch.Tensor,
+                 lr_shape: Optional[Sequence[int]] = None, image_shape: Optional[Sequence[int]] = None) -> None:
+        self.maps = maps
+        self.mask = mask
+        self.lr_shape = None if lr_shape is None else (int(lr_shape[0]), int(lr_shape[1]))
+        grid = maps.shape[-2:] if maps is not None else image_shape
+        self.image_shape = None if grid is None else (int(grid[0]), int(grid[1]))
+
+    def _expand(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.maps is None else self.maps * x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Image ``(B, 1, H, W)`` -> measured k-space ``(B, C, h, w)``."""
+        k = fft2c(self._expand(x))
+        if self.lr_shape is not None and tuple(k.shape[-2:]) != self.lr_shape:
+            k = crop_kspace(k, self.lr_shape)
+        return k * self.mask
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Measured k-space ``(B, C, h, w)`` -> image ``(B, 1, H, W)``."""
+        k = y * self.mask
+        if self.image_shape is not None and tuple(k.shape[-2:]) != self.image_shape:
+            k = pad_kspace(k, self.image_shape)
+        images = ifft2c(k)
+        return images if self.maps is None else sense_combine(images, self.maps)

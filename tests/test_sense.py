@@ -1,0 +1,111 @@
+"""Coil maps and the SENSE operator (issue 12, parts 1-2) against hand computations and known maps."""
+
+import numpy as np
+import pytest
+import torch
+
+from iconet_fastmri.demo import coil_sensitivities, make_phantom_volume
+from iconet_fastmri.physics.fft import fft2c, ifft2c
+from iconet_fastmri.physics.masks import create_mask
+from iconet_fastmri.physics.operators import crop_kspace, rss
+from iconet_fastmri.physics.sense import (
+    SenseOperator,
+    calibration_region,
+    espirit_maps,
+    espirit_maps_cached,
+    estimate_maps_rss,
+    sense_combine,
+)
+
+
+def _randn(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, dtype=torch.complex64, generator=g)
+
+
+@pytest.mark.parametrize("coils", [1, 4])
+@pytest.mark.parametrize("hr,scale", [((32, 48), 2), ((30, 42), 2), ((32, 48), 4), ((36, 60), 4), ((16, 24), 1)])
+def test_sense_operator_is_adjoint(coils, hr, scale):
+    lr = (hr[0] // scale, hr[1] // scale)
+    maps = None if coils == 1 else _randn(2, coils, *hr, seed=1)
+    mask = (torch.rand(2, 1, *lr, generator=torch.Generator().manual_seed(2)) > 0.4).float()
+    op = SenseOperator(maps, mask, lr_shape=lr, image_shape=hr)
+    x, y = _randn(2, 1, *hr, seed=3), _randn(2, coils, *lr, seed=4)
+    lhs = torch.vdot(op(x).flatten(), y.flatten())
+    rhs = torch.vdot(x.flatten(), op.adjoint(y).flatten())
+    assert abs(lhs - rhs) <= 1e-6 * float(op(x).norm() * y.norm())  # float32 rounding of the sums
+    # Single coil: A is the degradation's own chain M F T, nothing more.
+    if coils == 1:
+        assert torch.allclose(op(x), crop_kspace(fft2c(x), lr) * mask, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    """A brain-like phantom on a 64x64 grid under 8 birdcage coils (the demo's true maps)."""
+    image, _ = make_phantom_volume(1, recon_size=(64, 64), kspace_width=64, anatomy="brain", seed=3)
+    image = image[0, 32:96, :]  # the 64x64 centre of the oversampled readout
+    maps = coil_sensitivities(8, image.shape)
+    return torch.from_numpy(image.copy())[None, None], torch.from_numpy(maps.copy())[None]
+
+
+def _projector_error(est, true, support):
+    """Phase-free map error: ||S Sᴴ - Ŝ Ŝᴴ|| / ||S Sᴴ|| per pixel, over the support."""
+    p_true = true[:, :, None] * true[:, None].conj()
+    p_est = est[:, :, None] * est[:, None].conj()
+    diff = (p_est - p_true).abs().pow(2).sum(dim=(1, 2))[0]
+    ref = p_true.abs().pow(2).sum(dim=(1, 2))[0]
+    return float((diff[support].sum() / ref[support].sum()).sqrt())
+
+
+def test_rss_estimate_agrees_with_the_true_maps_and_is_normalised(phantom):
+    image, maps = phantom
+    kspace = fft2c(maps * image)
+    mask, _ = create_mask("random", center_fractions=[0.16], accelerations=[4], seed=0)((64, 64), seed=0)
+    mask = mask[None, None]
+    est = estimate_maps_rss(kspace * mask, mask)
+    support = image[0, 0].abs() > 0.1 * image.abs().max()
+    err = _projector_error(est, maps, support)
+    assert err < 0.15, err  # low-resolution maps from 10 calibration lines; measured 0.06
+    power = est.abs().pow(2).sum(dim=1)[0]
+    assert torch.allclose(power[power > 0], torch.ones_like(power[power > 0]), atol=1e-5)
+    # The calibration region of a 1D mask: every row of the contiguous sampled columns around the centre.
+    cols = mask[0, 0, 0] > 0
+    lo = hi = 32
+    while cols[lo - 1]:
+        lo -= 1
+    while cols[hi + 1]:
+        hi += 1
+    expected = torch.zeros(64, 64)
+    expected[:, lo : hi + 1] = 1
+    assert torch.equal(calibration_region(mask)[0, 0], expected) and hi - lo + 1 >= 10
+
+
+def test_espirit_maps_agree_with_the_true_maps(phantom, tmp_path):
+    image, maps = phantom
+    kspace = fft2c(maps * image)[0].numpy()
+    est = torch.from_numpy(espirit_maps(kspace, calib_width=16))[None]
+    support = image[0, 0].abs() > 0.1 * image.abs().max()
+    err = _projector_error(est, maps, support)
+    assert err < 0.1, err
+    cached = espirit_maps_cached(kspace, 16, tmp_path)
+    assert np.array_equal(cached, espirit_maps_cached(kspace, 16, tmp_path))  # second call: from the cache
+    assert len(list(tmp_path.glob("espirit_*.npy"))) == 1
+
+
+def test_sense_combined_image_equals_the_rss_target(phantom):
+    image, maps = phantom
+    coil_images = maps * image
+    target = rss(coil_images)  # the HR target of multi-coil data
+    full = torch.ones(1, 1, 64, 64)
+    exact = estimate_maps_rss(fft2c(coil_images), full)  # maps from the fully sampled data
+    assert torch.allclose(sense_combine(coil_images, exact).abs(), target, rtol=1e-5, atol=1e-7)
+    mask, _ = create_mask("random", center_fractions=[0.16], accelerations=[4], seed=0)((64, 64), seed=0)
+    low_res = estimate_maps_rss(fft2c(coil_images) * mask, mask[None, None])
+    support = image[0, 0].abs() > 0.1 * image.abs().max()
+    combined = sense_combine(coil_images, low_res).abs()[0, 0]
+    rel = float((combined - target[0, 0])[support].norm() / target[0, 0][support].norm())
+    assert rel < 0.05, rel
+    # Aᴴ of fully sampled k-space is the SENSE-combined image.
+    op = SenseOperator(exact, full)
+    assert torch.allclose(op.adjoint(fft2c(coil_images)), sense_combine(coil_images, exact), atol=1e-6)
+    assert torch.allclose(ifft2c(op(image)), exact * image, atol=1e-6)
