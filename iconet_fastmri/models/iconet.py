@@ -59,6 +59,17 @@ __all__ = ["ICONet", "DC_MODES", "FeatureBranch"]
 DC_MODES: Tuple[str, ...] = ("none", "hard", "soft")
 
 
+def _check_dc_mode(name: str, mode: str, in_chans: int) -> None:
+    """A known DC mode, and complex input for any DC (k-space consistency needs the phase)."""
+    if mode not in DC_MODES:
+        raise ValueError(f"unknown {name} {mode!r}; valid modes are {list(DC_MODES)}")
+    if mode != "none" and in_chans != 2:
+        raise ValueError(
+            f"{name}={mode!r} needs complex mode (in_chans=2): "
+            f"k-space consistency is undefined for magnitude images (in_chans={in_chans})"
+        )
+
+
 def _inverse_softplus(value: float) -> float:
     # softplus(raw) == value for value > 0
     return value + math.log(-math.expm1(-value))
@@ -147,24 +158,8 @@ class ICONet(SRModel):
             raise ValueError(f"unknown fusion {fusion!r}; valid fusions are {list(FUSION_TYPES)}")
         if block not in BLOCK_TYPES:
             raise ValueError(f"unknown block {block!r}; valid blocks are {list(BLOCK_TYPES)}")
-        if data_consistency_sr not in DC_MODES:
-            raise ValueError(
-                f"unknown data_consistency_sr {data_consistency_sr!r}; valid modes are {list(DC_MODES)}"
-            )
-        if data_consistency_sr != "none" and in_chans != 2:
-            raise ValueError(
-                f"data_consistency_sr={data_consistency_sr!r} needs complex mode (in_chans=2): "
-                f"k-space consistency is undefined for magnitude images (in_chans={in_chans})"
-            )
-        if data_consistency not in DC_MODES:
-            raise ValueError(
-                f"unknown data_consistency {data_consistency!r}; valid modes are {list(DC_MODES)}"
-            )
-        if data_consistency != "none" and in_chans != 2:
-            raise ValueError(
-                f"data_consistency={data_consistency!r} needs complex mode (in_chans=2): "
-                f"k-space consistency is undefined for magnitude images (in_chans={in_chans})"
-            )
+        for name, mode in (("data_consistency", data_consistency), ("data_consistency_sr", data_consistency_sr)):
+            _check_dc_mode(name, mode, in_chans)
         if data_consistency != "none" and not use_rec_branch:
             raise ValueError(
                 f"data_consistency={data_consistency!r} acts on the reconstruction prior and "
