@@ -32,6 +32,7 @@ LAYERS = {
     "predictions": 5,
     "cli": 6,
     "inference": 6,
+    "sweeps": 6,
     "benchmarks": 7,
 }
 

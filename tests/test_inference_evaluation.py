@@ -154,3 +154,30 @@ def test_cli_predict_writes_what_run_inference_writes(tiny_checkpoint, singlecoi
             assert same <= set(b.attrs)
             for key in same:
                 assert np.array_equal(np.asarray(a.attrs[key]), np.asarray(b.attrs[key])), key
+
+
+def test_mask_sweep_end_to_end(tiny_checkpoint, singlecoil_dir, tmp_path):
+    """scripts/mask_sweep.py: a checkpoint and a baseline x 2 masks x 2 accelerations -> table and plot."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "mask_sweep.py"), "--methods", str(tiny_checkpoint),
+         "zero_filled_bicubic", "--scale", "2", "--hr_crop", "32", "32", "--data_path", str(singlecoil_dir),
+         "--masks", "random", "poisson", "--accelerations", "2", "4", "--bootstrap", "50",
+         "--out", str(tmp_path / "sweep")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "sweep" / "sweep.csv")))
+    assert len(rows) == 8 and {r["method"] for r in rows} == {"model", "zero_filled_bicubic"}
+    trained = [r for r in rows if r["training_mask"] == "True"]
+    assert [(r["method"], r["mask"], r["acceleration"]) for r in trained] == [("model", "random", "4.0")]
+    for r in rows:  # s²·R is measured from the masks drawn: about 4 x R
+        assert 0.6 * 4 * float(r["acceleration"]) < float(r["effective_acceleration"]) < 1.6 * 4 * float(r["acceleration"])
+    # Each cell's numbers are those of evaluate.py on the same predictions.
+    folder = tmp_path / "sweep" / "predictions" / "model" / "poisson_R2"
+    per_volume = evaluate_folders(singlecoil_dir, [folder])
+    cell = [r for r in rows if r["method"] == "model" and r["mask"] == "poisson" and r["acceleration"] == "2.0"][0]
+    assert float(cell["psnr_mean"]) == pytest.approx(np.mean([v["psnr"] for v in per_volume]))
+    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 10_000
+    assert "| model | random | 4 |" in (tmp_path / "sweep" / "sweep.md").read_text()
