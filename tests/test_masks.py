@@ -258,3 +258,27 @@ def test_fastmri_mask_classes_plug_in_unchanged_and_convert_both_ways():
     assert mask.shape == (1, 24, 20, 1) and torch.equal(mask[0, ..., 0], expected)
     assert torch.equal(masked, kspace * expected[None, ..., None] + 0.0)
     assert fastmri.complex_abs(masked).shape == (3, 24, 20)
+
+
+def test_poisson_mask_never_hangs_where_sigpy_cannot_meet_its_tolerance():
+    """sigpy.mri.poisson bisects forever when no density meets ``tol`` (seen at R=8 on 64x64 for the
+    seed of demo volume 14, slice 1): our Poisson mask stops after a bounded search and keeps the
+    closest mask, within 25 % of R, or raises a clear error."""
+    import signal
+
+    from iconet_fastmri.physics.masks import mask_seed
+
+    func = create_mask("poisson", accelerations=[8.0], center_fractions=[0.08])
+
+    def too_slow(signum, frame):
+        raise TimeoutError("the Poisson mask search did not stop")
+
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(60)
+    try:
+        for i in range(3):
+            mask, _ = func((64, 64), seed=mask_seed("file_demo_014.h5", i))
+            assert abs(effective_acceleration(mask) / 8.0 - 1) < 0.25
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
