@@ -33,6 +33,8 @@ from pytorch_lightning.utilities import rank_zero_info
 from ..data.transforms import IconetSample
 from ..io import atomic_write_json
 from ..physics.degradation import Degraded, KSpaceDegradation, build_kspace_steps
+from ..physics.fft import ifft2c
+from ..physics.sense import estimate_maps_rss, sense_combine
 from ..losses import MultiStageLoss
 from ..metrics import VolumeAccumulator, merge_results, summarize
 from ..models import MODELS, BicubicSR, SRModel, model_spec
@@ -58,7 +60,8 @@ class IconetModule(pl.LightningModule):
             ``in_chans`` from ``mode``. Checkpoints store
             ``{"class_path", "init_args"}`` (never the pickled object).
         mode: ``"magnitude"`` (1 channel, the paper's setting) or ``"complex"``
-            (2 channels; single-coil only; needed for data consistency); must
+            (2 channels: the complex LR image, SENSE-combined for multi-coil data;
+            needed for data consistency, which is single-coil for now); must
             agree with the model's ``in_chans``.
         lambda_sr, lambda_rec, supervise: the multi-stage loss.
         lr, betas, weight_decay: Adam.
@@ -155,18 +158,41 @@ class IconetModule(pl.LightningModule):
         return self.degradation(batch.hr_images, batch.mask)
 
     def model_input(self, deg: Degraded) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """The network input for this mode, and the DC arguments."""
+        """The network input for this mode, and the DC arguments.
+
+        Complex mode: the complex LR image as (real, imag) channels. For
+        single-coil data that is the zero-filled LR image; for multi-coil data
+        the SENSE combination ``Σ_c conj(S_c) x_c`` of the zero-filled coil
+        images, with maps estimated on the device from the acquired
+        calibration lines (:func:`~iconet_fastmri.physics.sense.estimate_maps_rss`).
+        Targets and metrics stay fastMRI's: the magnitude of the complex output
+        is compared with the RSS target.
+        """
         if self.in_chans == 1:
             x = deg.lr_input
         else:
-            if deg.lr_input_complex is None:
-                raise ValueError(
-                    "mode='complex' needs single-coil data (one coil image per slice); "
-                    "use mode='magnitude' for multicoil RSS images"
-                )
-            x = torch.cat([deg.lr_input_complex.real, deg.lr_input_complex.imag], dim=1)
+            z = deg.lr_input_complex
+            if z is None:  # multi-coil
+                if self.uses_dc:
+                    raise ValueError(
+                        "data consistency is single-coil for now: with multi-coil data use "
+                        "data_consistency: none (complex mode feeds the SENSE-combined image)"
+                    )
+                with torch.autocast(device_type=deg.lr_observed.device.type, enabled=False):
+                    maps = estimate_maps_rss(deg.lr_observed, deg.mask)
+                    z = sense_combine(ifft2c(deg.lr_observed), maps)
+            x = torch.cat([z.real, z.imag], dim=1)
         kwargs = {"measured_kspace": deg.lr_observed, "mask": deg.mask} if self.uses_dc else {}
         return x, kwargs
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.uses_dc and getattr(dm, "challenge", None) == "multicoil":
+            raise ValueError(
+                "data consistency is single-coil for now: this run has multicoil data; set the model's "
+                "data_consistency and data_consistency_sr to none (complex mode then feeds the "
+                "SENSE-combined LR image)"
+            )
 
     def forward(self, deg: Degraded):
         x, kwargs = self.model_input(deg)
