@@ -33,6 +33,7 @@ __all__ = [
     "load_prediction",
     "evaluate_folders",
     "summarize_rows",
+    "format_cell",
     "paired_comparison",
     "write_csv",
     "PredictionError",
@@ -416,6 +417,14 @@ def write_csv(path: Union[str, Path], rows: Sequence[Dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
+def format_cell(row: Dict[str, Any], metric: str, digits: int, with_ci: bool = True) -> str:
+    """``mean ± std [ci_low, ci_high]`` of one metric of a summary row (the CI when present)."""
+    text = f"{row[f'{metric}_mean']:.{digits}f} ± {row[f'{metric}_std']:.{digits}f}"
+    if with_ci and f"{metric}_ci_low" in row:
+        text += f" [{row[f'{metric}_ci_low']:.{digits}f}, {row[f'{metric}_ci_high']:.{digits}f}]"
+    return text
+
+
 def format_table(table: Sequence[Dict[str, Any]]) -> str:
     """Markdown table of :func:`summarize_rows` output."""
     has_ci = any("psnr_ci_low" in t for t in table)
@@ -423,10 +432,7 @@ def format_table(table: Sequence[Dict[str, Any]]) -> str:
     lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for t in table:
         def cell(metric: str, digits: int) -> str:
-            text = f"{t[f'{metric}_mean']:.{digits}f} ± {t[f'{metric}_std']:.{digits}f}"
-            if has_ci and f"{metric}_ci_low" in t:
-                text += f" [{t[f'{metric}_ci_low']:.{digits}f}, {t[f'{metric}_ci_high']:.{digits}f}]"
-            return text
+            return format_cell(t, metric, digits, with_ci=has_ci)
         scale = "unknown" if t["scale"] is None else f"x{t['scale']}"
         accel = "unknown" if t["acceleration"] is None else f"{t['acceleration']:g}"
         eff = "unknown" if t["effective_acceleration"] is None else f"{t['effective_acceleration']:.1f}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import h5py
 import numpy as np
@@ -14,7 +14,7 @@ from .physics.degradation import KSpaceDegradation
 from .evaluation import load_prediction, load_target_volume
 from .physics.masks import MaskConfig
 
-__all__ = ["lr_input_for", "comparison_panel", "validation_panel"]
+__all__ = ["lr_input_for", "comparison_panel", "validation_panel", "save_figure"]
 
 
 def lr_input_for(
@@ -91,10 +91,17 @@ def comparison_panel(
     axes[1, 0].axis("off")
     axes[1, -1].axis("off")
     axes[1, 0].text(0.0, 0.5, f"{fname}\nslice {slice_num}\nerror scale 0..{emax:.3g}\n(shared)", fontsize=8)
+    return save_figure(fig, out_png)
+
+
+def save_figure(fig: Any, out_png: Union[str, Path], dpi: int = 110) -> Path:
+    """Lay out, save (creating the folder) and close a matplotlib figure; returns the path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
+    fig.savefig(out_png, dpi=dpi)
     plt.close(fig)
     return out_png
 

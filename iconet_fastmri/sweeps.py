@@ -22,7 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .checkpoints import load_checkpoint
-from .evaluation import evaluate_folders, summarize_rows
+from .evaluation import evaluate_folders, format_cell, summarize_rows
+from .figures import save_figure
 from .inference import BASELINES, run_inference
 from .physics.masks import MaskConfig, available_masks
 
@@ -116,12 +117,6 @@ def write_sweep_table(rows: Sequence[Dict[str, Any]], out_dir: Union[str, Path])
         writer.writeheader()
         writer.writerows(rows)
 
-    def cell(row: Dict[str, Any], metric: str, digits: int) -> str:
-        text = f"{row[f'{metric}_mean']:.{digits}f} ± {row[f'{metric}_std']:.{digits}f}"
-        if f"{metric}_ci_low" in row:
-            text += f" [{row[f'{metric}_ci_low']:.{digits}f}, {row[f'{metric}_ci_high']:.{digits}f}]"
-        return text
-
     lines = ["| method | mask | R (LR) | s²·R (HR) | trained on it | volumes | NMSE | PSNR (dB) | SSIM |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -129,7 +124,7 @@ def write_sweep_table(rows: Sequence[Dict[str, Any]], out_dir: Union[str, Path])
         lines.append(
             f"| {row['method']} | {row['mask']} | {row['acceleration']:g} | "
             f"{'unknown' if eff is None else f'{eff:.1f}'} | {'yes' if row['training_mask'] else ''} | "
-            f"{row['volumes']} | {cell(row, 'nmse', 4)} | {cell(row, 'psnr', 2)} | {cell(row, 'ssim', 4)} |"
+            f"{row['volumes']} | {format_cell(row, 'nmse', 4)} | {format_cell(row, 'psnr', 2)} | {format_cell(row, 'ssim', 4)} |"
         )
     (out_dir / "sweep.md").write_text("\n".join(lines) + "\n")
     return out_dir / "sweep.csv", out_dir / "sweep.md"
@@ -166,10 +161,5 @@ def plot_sweep(rows: Sequence[Dict[str, Any]], out_png: Union[str, Path]) -> Pat
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle("mask sweep (★ = the mask and R the method was trained with)", fontsize=10)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)
 
