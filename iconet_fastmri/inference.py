@@ -171,7 +171,8 @@ def run_inference(
     if part is not None and fraction is None:
         raise ValueError(f"part={part!r} needs a test_fraction (none given and none in the checkpoint)")
     dataset = IconetSliceDataset(
-        data_path, challenge, transform=transform, use_dataset_cache=False, skip_bad_files=skip_bad_files,
+        # The per-user cache: a val folder scanned for bad values by training is not read twice.
+        data_path, challenge, transform=transform, use_dataset_cache=True, skip_bad_files=skip_bad_files,
         progress=progress, raw_sample_filter=None if part is None else PartFilter(part, fraction),
     )
     expected = dataset.slices_per_volume()
