@@ -157,9 +157,18 @@ def test_unwritable_output_folder_is_refused_before_any_model_work(singlecoil_di
 
 def test_scores_still_equal_fastmri_evaluate(singlecoil_dir, tmp_path):
     pred = _predictions(tmp_path / "p", singlecoil_dir, lambda t: t * 0.9 + 1e-6, RUN)
+    from fastmri import evaluate
+
     for row in evaluate_folders(singlecoil_dir, [pred]):
+        # Independent reference: the file's own reconstruction_esc and fastmri.evaluate's functions.
+        with h5py.File(singlecoil_dir / row["fname"]) as f:
+            esc = f["reconstruction_esc"][()]
         target, _ = load_target_volume(singlecoil_dir / row["fname"], (32, 32))
+        np.testing.assert_allclose(target, esc, rtol=1e-4, atol=1e-5 * esc.max())
         with h5py.File(pred / row["fname"]) as f:
-            expected = volume_metrics(target, f["reconstruction"][()])
-        assert row["psnr"] == expected["psnr"] and row["ssim"] == expected["ssim"]
+            recon = f["reconstruction"][()]
+        assert row["psnr"] == pytest.approx(float(evaluate.psnr(target, recon)), rel=1e-6)
+        assert row["ssim"] == pytest.approx(float(np.asarray(evaluate.ssim(target, recon)).reshape(-1)[0]), rel=1e-6)
+        assert row["nmse"] == pytest.approx(float(evaluate.nmse(target, recon)), rel=1e-6)
+        assert row == {**row, **volume_metrics(target, recon)}
         assert torch.isfinite(torch.tensor(row["psnr"]))

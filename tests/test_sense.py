@@ -138,6 +138,18 @@ def test_complex_mode_on_multicoil_data_feeds_the_sense_combined_image(tmp_path)
     assert np.isfinite(float(trainer.callback_metrics["val/psnr"]))
     dc = IconetModule(ICONet(scale=2, in_chans=2, width=4, blocks_per_stage=1, data_consistency="hard"),
                       mode="complex")
+    # A mask without a fully sampled centre cannot give coil maps: refused at setup, before any step.
+    blank = np.ones((16, 16), np.float32)
+    blank[:, 6:10] = 0
+    np.save(tmp_path / "no_centre.npy", blank)
+    from iconet_fastmri.physics.masks import MaskConfig
+
+    no_centre = IconetDataModule(data_path=str(tmp_path), challenge="multicoil", scale=2, hr_crop=(32, 32),
+                                 batch_size=2, num_workers=0, use_dataset_cache=False,
+                                 mask=MaskConfig(name="file", path=str(tmp_path / "no_centre.npy")))
+    with pytest.raises(ValueError, match="needs coil maps: mask 'file'.*does not sample the k-space centre"):
+        pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, use_distributed_sampler=False).fit(module, datamodule=no_centre)
     with pytest.raises(ValueError, match="data consistency is single-coil for now"):
         pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                    enable_progress_bar=False, use_distributed_sampler=False).fit(dc, datamodule=dm)

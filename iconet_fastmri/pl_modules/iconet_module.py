@@ -34,7 +34,8 @@ from ..data.transforms import IconetSample
 from ..io import atomic_write_json
 from ..physics.degradation import Degraded, KSpaceDegradation, build_kspace_steps
 from ..physics.fft import ifft2c
-from ..physics.sense import estimate_maps_rss, sense_combine
+from ..physics.operators import lr_shape_for
+from ..physics.sense import calibration_region, estimate_maps_rss, sense_combine
 from ..losses import MultiStageLoss
 from ..metrics import VolumeAccumulator, merge_results, summarize
 from ..models import MODELS, BicubicSR, SRModel, model_spec
@@ -187,6 +188,14 @@ class IconetModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.in_chans == 2 and getattr(dm, "challenge", None) == "multicoil" and hasattr(dm, "mask"):
+            # Complex multi-coil input needs coil maps from a fully sampled centre: check the mask now.
+            lr = lr_shape_for(dm.patch_size or dm.hr_crop, self.scale)
+            mask, _ = dm.mask.build()(lr, seed=0)
+            try:
+                calibration_region(torch.as_tensor(mask, dtype=torch.float32).expand(*lr)[None, None])
+            except ValueError as err:
+                raise ValueError(f"mode='complex' on multicoil data needs coil maps: mask {dm.mask.name!r}: {err}") from err
         if self.uses_dc and getattr(dm, "challenge", None) == "multicoil":
             raise ValueError(
                 "data consistency is single-coil for now: this run has multicoil data; set the model's "
