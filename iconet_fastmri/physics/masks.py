@@ -74,6 +74,8 @@ from .mask_functions import (
 )
 
 __all__ = [
+    "undersampled_axes",
+    "check_patch_on_grid",
     "MaskFunction",
     "FastMRIMask",
     "PoissonMask",
@@ -228,6 +230,63 @@ def check_mask_on_grid(func: Callable[..., MaskResult], shape: Tuple[int, int], 
         if abs(ratio - 1) > 0.1:
             warnings.warn(message, stacklevel=2)
     return achieved
+
+
+def undersampled_axes(func: Callable[..., MaskResult], shape: Tuple[int, int], draws: int = 4) -> Tuple[bool, bool]:
+    """Whether seeded draws of ``func`` on ``shape`` leave out samples along (rows, columns).
+
+    An axis is undersampled when the mask varies along it: a 1D Cartesian
+    mask (fastMRI's) varies along the columns (phase encode) only, a 2D mask
+    along both, a fully sampled one along neither.
+    """
+    rows = cols = False
+    for i in range(draws):
+        mask = torch.as_tensor(func(shape, seed=i)[0], dtype=torch.float32).expand(*shape)
+        rows = rows or bool((mask != mask[:1, :]).any())
+        cols = cols or bool((mask != mask[:, :1]).any())
+    return rows, cols
+
+
+def check_patch_on_grid(func: Callable[..., MaskResult], hr_crop: Tuple[int, int],
+                        patch_size: Tuple[int, int], scale: int, name: str = "mask") -> None:
+    """Refuse a training patch that is narrower than the HR grid along an undersampled axis.
+
+    Aliasing from undersampling folds the whole field of view (FOV) along each
+    undersampled axis. A patch cut from the HR image and then degraded has a
+    smaller FOV, so its aliasing is a different artifact from the one the
+    network meets on full slices (and a patch cut after degradation holds
+    aliasing whose source lies outside it). Trained on such patches the U-Net
+    SR baseline fell below zero-filled bicubic on full slices (README,
+    "Patch training"). Patches may shrink only along fully sampled axes (the
+    readout, rows, for fastMRI's 1D masks).
+
+    Args:
+        func: the mask function (drawn on the LR grid).
+        hr_crop: the HR grid ``(H, W)``.
+        patch_size: the HR training patch ``(ph, pw)``.
+        scale: the SR factor (the mask lives on ``hr_crop / scale``).
+        name: how the error names the mask.
+    """
+    lr_shape = (hr_crop[0] // scale, hr_crop[1] // scale)
+    rows, cols = undersampled_axes(func, lr_shape)
+    short = [axis for axis, under, p, n in (("rows (height)", rows, patch_size[0], hr_crop[0]),
+                                             ("columns (width, phase encode)", cols, patch_size[1], hr_crop[1]))
+             if under and p < n]
+    if short:
+        if rows and cols:
+            hint = "this mask undersamples both axes, so train on full slices (no patch_size)"
+        else:  # shrink only the fully sampled axis
+            axis = 0 if cols else 1
+            size = patch_size[axis] if patch_size[axis] < hr_crop[axis] else max(scale, hr_crop[axis] // (2 * scale) * scale)
+            keep = list(hr_crop)
+            keep[axis] = size
+            hint = f"patch only the fully sampled {'rows' if axis == 0 else 'columns'}, e.g. patch_size {keep}"
+        raise ValueError(
+            f"patch_size {list(patch_size)} is smaller than hr_crop {list(hr_crop)} along the "
+            f"{' and '.join(short)}, which {name} undersamples: a patch with a smaller field of view has "
+            f"different aliasing from a full slice, and a network trained on it does not transfer "
+            f"(README, 'Patch training'); {hint}"
+        )
 
 
 @dataclass

@@ -40,7 +40,7 @@ from ..data.splits import PartFilter, check_test_fraction
 from ..physics.operators import check_scale, lr_shape_for
 from ..data.batching import collate_samples
 from ..physics.degradation import build_kspace_steps
-from ..physics.masks import MaskConfig, check_mask_on_grid, worker_seed
+from ..physics.masks import MaskConfig, check_mask_on_grid, check_patch_on_grid, worker_seed
 
 __all__ = ["IconetDataModule"]
 
@@ -96,7 +96,10 @@ class IconetDataModule(pl.LightningDataModule):
             the network and ``noise_std`` and ``kspace_steps`` to the Lightning
             module, which applies them on the device.
         hr_crop: HR grid ``[H, W]`` (fastMRI reconstructions: 320x320).
-        patch_size: optional random HR training patch ``[ph, pw]`` (multiples of s).
+        patch_size: optional random HR training patch ``[ph, pw]`` (multiples of s). It may be
+            smaller than ``hr_crop`` only along axes the mask samples fully (the rows, for
+            fastMRI's 1D masks): a narrower field of view along an undersampled axis changes
+            the aliasing, so it is refused at start-up (README, "Patch training").
         batch_size: slices per batch (per device).
         num_workers: data loader workers.
         sample_rate: fraction of training slices to use.
@@ -189,6 +192,8 @@ class IconetDataModule(pl.LightningDataModule):
         for grid in {self.hr_crop, self.patch_size or self.hr_crop}:  # the mask file's shape, the achieved R
             check_mask_on_grid(mask_func, lr_shape_for(grid, self.scale), self.mask.nominal_acceleration(),
                                name=f"mask {self.mask.name!r}")
+        if self.patch_size is not None:  # only along fully sampled axes: the aliasing must stay that of a slice
+            check_patch_on_grid(mask_func, self.hr_crop, self.patch_size, self.scale, name=f"mask {self.mask.name!r}")
         self.test_fraction = check_test_fraction(test_fraction)
         if self.test_fraction is not None and test_split != "val":
             raise ValueError("test_fraction splits the val folder; it needs test_split: val")

@@ -1,0 +1,97 @@
+"""Patch training (issue 10, case 10): patches keep the field of view of every undersampled axis.
+
+Cause of the collapse: undersampling aliases the whole field of view along
+each undersampled axis. A patch narrower than the slice along such an axis
+(the width, for fastMRI's 1D masks) has different aliasing, and a network
+trained on it does not transfer to full slices: on the demo the U-Net SR
+baseline trained on ``[128, 32]`` patches scored 16.16 dB, below zero-filled
+bicubic (17.63 dB), against 21.57 dB trained on full slices (README, "Patch
+training"). Such patches are now refused at start-up; patches along the fully
+sampled readout (rows) are allowed, and they train as well as full slices.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from iconet_fastmri.demo import write_fastmri_dataset
+from iconet_fastmri.physics.masks import check_patch_on_grid, create_mask, undersampled_axes
+from iconet_fastmri.pl_modules import IconetDataModule
+
+RANDOM_R4 = {"name": "random", "center_fractions": [0.08], "accelerations": [4]}
+
+
+@pytest.fixture(scope="module")
+def patch_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("patch")
+    write_fastmri_dataset(root / "singlecoil_train", "singlecoil", num_volumes=8, slices=4, recon_size=(64, 64), seed=3)
+    write_fastmri_dataset(root / "singlecoil_val", "singlecoil", num_volumes=2, slices=4, recon_size=(64, 64), seed=4,
+                          first_index=50)
+    return root
+
+
+def _dm(root, **kw):
+    kw.setdefault("mask", RANDOM_R4)
+    return IconetDataModule(data_path=str(root), scale=2, hr_crop=(64, 64), num_workers=0, use_dataset_cache=False, **kw)
+
+
+def test_undersampled_axes_of_1d_2d_and_full_masks():
+    assert undersampled_axes(create_mask("random", center_fractions=[0.08], accelerations=[4]), (32, 32)) == (False, True)
+    assert undersampled_axes(create_mask("poisson", center_fractions=[0.08], accelerations=[4]), (32, 32)) == (True, True)
+    assert undersampled_axes(lambda shape, seed=None: (torch.ones(shape), shape[1]), (32, 32)) == (False, False)
+
+
+def test_patch_narrower_along_the_phase_encode_is_refused(patch_data):
+    with pytest.raises(ValueError, match=r"columns \(width, phase encode\).*patch_size \[32, 64\]"):
+        _dm(patch_data, patch_size=(64, 32))  # full height, half the phase-encode FOV
+    with pytest.raises(ValueError, match="phase encode"):
+        _dm(patch_data, patch_size=(32, 32))
+
+
+def test_2d_mask_refuses_any_patch(patch_data):
+    poisson = {"name": "poisson", "center_fractions": [0.08], "accelerations": [4]}
+    with pytest.raises(ValueError, match="both axes.*full slices"):
+        _dm(patch_data, mask=poisson, patch_size=(32, 64))
+
+
+def test_patch_along_the_fully_sampled_readout_is_accepted(patch_data):
+    dm = _dm(patch_data, patch_size=(32, 64))
+    assert dm.patch_size == (32, 64)
+    check_patch_on_grid(lambda shape, seed=None: (torch.ones(shape), shape[1]), (64, 64), (16, 16), 2)  # no mask: any
+
+
+def _train_and_validate(root, patch_size, batch_size, steps=150, seed=0):
+    import pytorch_lightning as pl
+
+    from iconet_fastmri.models import UnetSR
+    from iconet_fastmri.pl_modules import IconetModule
+
+    pl.seed_everything(seed, workers=True)
+    dm = _dm(root, patch_size=patch_size, batch_size=batch_size)
+    module = IconetModule(UnetSR(scale=2, chans=8, num_pool_layers=2), lr=2e-3, scheduler="none")
+    trainer = pl.Trainer(accelerator="cpu", max_steps=steps, check_val_every_n_epoch=10**6, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
+                         enable_model_summary=False)
+    trainer.fit(module, datamodule=dm)
+    return float(trainer.validate(module, datamodule=dm, verbose=False)[0]["val/psnr"])
+
+
+def test_readout_patches_train_as_well_as_full_slices(patch_data, monkeypatch):
+    """Same steps, same pixels per step (half-height patches, twice the batch), validated on full slices.
+
+    Tolerance 1.5 dB: over seeds 0-3 the row patches scored 0.4-0.85 dB below
+    full slices, and the refused narrow phase-encode patches 3.0-3.9 dB below
+    (measured with this set-up). The last assertion trains those (the check
+    switched off) to show that the tolerance separates the two.
+    """
+    torch.set_num_threads(1)
+    full = _train_and_validate(patch_data, None, 4)
+    rows = _train_and_validate(patch_data, (32, 64), 8)
+    assert rows >= full - 1.5, f"readout patches {rows:.2f} dB vs full slices {full:.2f} dB"
+
+    import iconet_fastmri.pl_modules.data_module as data_module
+
+    monkeypatch.setattr(data_module, "check_patch_on_grid", lambda *a, **k: None)
+    narrow = _train_and_validate(patch_data, (64, 32), 8)
+    assert narrow < full - 1.5, f"narrow phase-encode patches {narrow:.2f} dB vs full slices {full:.2f} dB"
