@@ -168,7 +168,11 @@ class SRModel(nn.Module):
         return dict(self.__dict__.get("_init_args", {}))
 
     def check_inputs(
-        self, x: torch.Tensor, measured_kspace: Optional[torch.Tensor], mask: Optional[torch.Tensor]
+        self,
+        x: torch.Tensor,
+        measured_kspace: Optional[torch.Tensor],
+        mask: Optional[torch.Tensor],
+        maps: Optional[torch.Tensor] = None,
     ) -> None:
         """Raise a clear ``ValueError`` for an input this model cannot take."""
         if x.dim() != 4 or x.shape[1] != self.in_chans:
@@ -193,11 +197,25 @@ class SRModel(nn.Module):
                 f"measured_kspace grid {tuple(measured_kspace.shape[-2:])} does not match the "
                 f"LR input grid {tuple(x.shape[-2:])}"
             )
+        coils = measured_kspace.shape[1]
+        if maps is None and coils > 1:
+            raise ValueError(
+                f"measured_kspace has {coils} coils: multi-coil data consistency needs the coil "
+                f"sensitivity maps (maps=(B, {coils}, h, w) complex, e.g. physics.sense.estimate_maps_rss)"
+            )
+        if maps is not None and (not maps.is_complex() or maps.dim() != 4 or maps.shape[:2] != measured_kspace.shape[:2]):
+            raise ValueError(
+                f"maps must be complex (B, C, h, w) matching measured_kspace {tuple(measured_kspace.shape)}, "
+                f"got {tuple(maps.shape)} {maps.dtype}"
+            )
 
     def run(
         self, x: torch.Tensor, measured_kspace: Optional[torch.Tensor], mask: Optional[torch.Tensor]
     ) -> SROutput:  # pragma: no cover - abstract
-        """The network on normalised inputs; returns its outputs in the same units."""
+        """The network on normalised inputs; returns its outputs in the same units.
+
+        Multi-coil data consistency also passes ``maps=`` (keyword), only when maps are given.
+        """
         raise NotImplementedError
 
     def forward(
@@ -205,6 +223,7 @@ class SRModel(nn.Module):
         x: torch.Tensor,
         measured_kspace: Optional[torch.Tensor] = None,
         mask: Optional[torch.Tensor] = None,
+        maps: Optional[torch.Tensor] = None,
     ) -> SROutput:
         """Super-resolve an LR image.
 
@@ -215,19 +234,23 @@ class SRModel(nn.Module):
                 (``Degraded.lr_observed``) in the units of ``x``; needed when
                 :attr:`uses_kspace`, ignored otherwise.
             mask: sampling mask broadcastable to the measured k-space, 1 where acquired.
+            maps: coil sensitivities ``(B, C, h, w)`` complex (``Σ_c |S_c|² = 1``),
+                needed with multi-coil ``measured_kspace``; ``x`` is then the SENSE
+                combination ``Σ_c conj(S_c) x_c`` of the coil images (2 channels).
 
         Returns:
             :class:`SROutput` in the input's intensity units.
         """
-        self.check_inputs(x, measured_kspace, mask)
+        self.check_inputs(x, measured_kspace, mask, maps if self.uses_kspace else None)
         if not self.uses_kspace:
-            measured_kspace = mask = None
+            measured_kspace = mask = maps = None
+        extra = {} if maps is None else {"maps": maps}
         if not self.normalize:
-            return self.run(x, measured_kspace, mask)
+            return self.run(x, measured_kspace, mask, **extra)
         scale = per_slice_scale(x, self.norm_eps)
         image = (x / scale).to(x.dtype)
         measured = None if measured_kspace is None else measured_kspace / scale
-        out = self.run(image, measured, mask)
+        out = self.run(image, measured, mask, **extra)
         sr_stages = [(s * scale).to(x.dtype) for s in out.sr_stages]
         if sr_stages and out.sr is out.sr_stages[-1]:
             sr = sr_stages[-1]

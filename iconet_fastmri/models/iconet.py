@@ -33,6 +33,11 @@ Design decisions beyond the paper (all in ``docs/MODEL.md``):
   :attr:`SROutput.norm_scale` to compare in normalised units.
 * **Data consistency** acts in normalised units against ``measured / σ``;
   since DC is linear in (image, measured), this equals DC in input units.
+  It goes through the SENSE model ``A = M · F · T · S``
+  (:func:`~iconet_fastmri.physics.sense.sense_data_consistency`): with
+  single-coil data ``S = 1``; with multi-coil data the input is the SENSE
+  combination of the coil images and ``forward(..., maps=...)`` passes the
+  coil maps (moved to each stage's grid).
 * With ``use_rec_branch=False`` there is nothing to fuse: the fusion setting is
   ignored (no fusion layers are created), SR tails add to the bicubic
   upsampling of the previous image, and data consistency is not allowed.
@@ -48,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..physics.operators import data_consistency
+from ..physics.sense import sense_data_consistency
 from .blocks import BLOCK_TYPES, build_block
 from .common import SRModel, SROutput, channels_to_complex, complex_to_channels, upsample_bicubic
 from .fusion import FUSION_TYPES, build_fusion
@@ -112,7 +117,8 @@ class ICONet(SRModel):
         fusion: SR-Rec fusion, ``"adaptive"``, ``"concat"`` or ``"none"``.
         block: ``"rscfl"`` or ``"resblock"`` (plain residual conv blocks, ablation).
         data_consistency: ``"none"``, ``"hard"`` or ``"soft"`` (learned λ per
-            stage); k-space DC of the reconstruction prior, complex mode only.
+            stage); k-space DC of the reconstruction prior, complex mode only
+            (multi-coil: through the coil maps given to ``forward``).
         data_consistency_sr: ``"none"``, ``"hard"`` or ``"soft"`` (one learned λ):
             DC of the final SR output. Its k-space, truncated to the LR grid,
             is made to agree with the acquired samples where the mask is 1;
@@ -233,21 +239,24 @@ class ICONet(SRModel):
         return self.dc_mode != "none" or self.dc_sr_mode != "none"
 
     def _apply_dc(
-        self, rec: torch.Tensor, measured: torch.Tensor, mask: torch.Tensor, stage: int
+        self, rec: torch.Tensor, measured: torch.Tensor, mask: torch.Tensor, stage: int,
+        maps: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        # rec: (B, 2, H', W') real/imag in normalised units; measured: (B, 1, h, w) complex.
+        # rec: (B, 2, H', W') real/imag in normalised units; measured: (B, C, h, w) complex.
         image = channels_to_complex(rec)
         lam = None
         if self.dc_mode == "soft":
             lam = F.softplus(self.dc_lambda_raw[stage]).to(image.real.dtype)
-        corrected = data_consistency(image, measured.to(image.dtype), mask, lam)
+        corrected = sense_data_consistency(image, measured.to(image.dtype), mask, maps, lam)
         return complex_to_channels(corrected).to(rec.dtype)
 
-    def _apply_dc_sr(self, sr: torch.Tensor, measured: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _apply_dc_sr(
+        self, sr: torch.Tensor, measured: torch.Tensor, mask: torch.Tensor, maps: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         # DC of the HR estimate: through the truncation T only the measured LR frequencies change.
         image = channels_to_complex(sr)
         lam = F.softplus(self.dc_sr_lambda_raw).to(image.real.dtype) if self.dc_sr_mode == "soft" else None
-        corrected = data_consistency(image, measured.to(image.dtype), mask, lam)
+        corrected = sense_data_consistency(image, measured.to(image.dtype), mask, maps, lam)
         return complex_to_channels(corrected).to(sr.dtype)
 
     def run(
@@ -255,6 +264,7 @@ class ICONet(SRModel):
         image: torch.Tensor,
         measured: Optional[torch.Tensor],
         mask: Optional[torch.Tensor],
+        maps: Optional[torch.Tensor] = None,
     ) -> SROutput:
         """The stages on a normalised LR image (see :meth:`SRModel.forward` for the arguments)."""
         feats = self.head(image)
@@ -269,7 +279,7 @@ class ICONet(SRModel):
                 rec = self.rec_tails[k](rec_feats) + previous
                 if self.dc_mode != "none":
                     assert measured is not None and mask is not None  # checked by forward
-                    rec = self._apply_dc(rec, measured, mask, k)
+                    rec = self._apply_dc(rec, measured, mask, k, maps)
                 rec_stages.append(rec)
                 base = rec
             else:
@@ -280,5 +290,5 @@ class ICONet(SRModel):
             previous = sr
         if self.dc_sr_mode != "none":
             assert measured is not None and mask is not None  # checked by forward
-            sr_stages[-1] = self._apply_dc_sr(sr_stages[-1], measured, mask)
+            sr_stages[-1] = self._apply_dc_sr(sr_stages[-1], measured, mask, maps)
         return SROutput(sr=sr_stages[-1], sr_stages=sr_stages, rec_stages=rec_stages)

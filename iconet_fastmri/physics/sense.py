@@ -20,6 +20,18 @@
   ``Aᴴ y = Σ_c conj(S_c) F⁻¹(Tᴴ(M ⊙ y_c))``. Single-coil data is ``S = 1``.
 * :func:`sense_combine`: ``Σ_c conj(S_c) x_c``, the coil combination that
   turns multi-coil images into one complex image.
+* :func:`maps_on_grid`: maps moved to a finer image grid (sinc interpolation,
+  renormalised to ``Σ_c |S_c|² = 1``), for DC of a later ICONet stage or of
+  the SR output.
+* :func:`sense_data_consistency`: data consistency of a coil-combined complex
+  image through ``A``: ``x + Aᴴ(w · (y − A x)) / a²`` with ``w = 1`` (hard) or
+  ``λ / (1 + λ)`` (soft) and ``a`` the truncation's intensity factor. It is
+  DC in coil k-space followed by SENSE combination: the coil images ``S x``
+  get the measured samples (hard) where the mask is 1, and ``Sᴴ`` combines
+  them. For single-coil data (``maps=None``) this is exactly
+  :func:`~iconet_fastmri.physics.operators.data_consistency`; for multi-coil
+  data ``A`` of the result equals the measurement only as far as the
+  measurement lies in the range of the maps (``S Sᴴ`` is a projection).
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ import numpy as np
 import torch
 
 from .fft import fft2c, ifft2c
-from .operators import LinearOperator, crop_kspace, pad_kspace, rss
+from .operators import LinearOperator, crop_kspace, intensity_factor, pad_kspace, rss, sinc_upsample
 
 __all__ = [
     "calibration_region",
@@ -40,6 +52,8 @@ __all__ = [
     "espirit_maps",
     "espirit_maps_cached",
     "sense_combine",
+    "maps_on_grid",
+    "sense_data_consistency",
     "SenseOperator",
 ]
 
@@ -173,3 +187,44 @@ class SenseOperator(LinearOperator):
             k = pad_kspace(k, self.image_shape)
         images = ifft2c(k)
         return images if self.maps is None else sense_combine(images, self.maps)
+
+
+def maps_on_grid(maps: torch.Tensor, shape: Sequence[int], eps: float = 1e-12) -> torch.Tensor:
+    """Sensitivity maps ``(B, C, h, w)`` on the image grid ``shape`` (sinc interpolation, ``Σ_c |S_c|² = 1`` again)."""
+    shape = (int(shape[0]), int(shape[1]))
+    if tuple(maps.shape[-2:]) == shape:
+        return maps
+    fine = sinc_upsample(maps, shape)
+    norm = rss(fine, dim=1, keepdim=True)
+    return torch.where(norm > eps, fine / norm.clamp_min(eps), torch.zeros_like(fine))
+
+
+def sense_data_consistency(
+    image: torch.Tensor,
+    measured: torch.Tensor,
+    mask: torch.Tensor,
+    maps: Optional[torch.Tensor] = None,
+    lam: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Data consistency of a complex image through the SENSE model ``A = M · F · T · S``.
+
+    Args:
+        image: coil-combined complex image ``(B, 1, H, W)``, on the LR grid of the
+            measurements or a finer one.
+        measured: centred measured LR k-space ``(B, C, h, w)`` (zero where not sampled).
+        mask: sampling mask broadcastable to ``(B, C, h, w)``, 1 where acquired.
+        maps: sensitivities ``(B, C, h', w')`` on any grid (moved to the image's
+            with :func:`maps_on_grid`), ``Σ_c |S_c|² = 1``; ``None`` for single-coil.
+        lam: ``None`` for hard DC, else soft DC with weight ``λ / (1 + λ)``.
+
+    Returns:
+        The corrected image ``(B, 1, H, W)`` (see the module docstring).
+    """
+    grid = (image.shape[-2], image.shape[-1])
+    lr = (measured.shape[-2], measured.shape[-1])
+    if maps is not None:
+        maps = maps_on_grid(maps.to(image.dtype), grid)
+    op = SenseOperator(maps, mask.to(torch.float32), lr_shape=lr, image_shape=grid)
+    weight = 1.0 if lam is None else lam / (1.0 + lam)
+    a2 = intensity_factor(lr, grid) ** 2 if grid != lr else 1.0
+    return image + op.adjoint(weight * (measured - op.forward(image))) / a2

@@ -62,7 +62,7 @@ class IconetModule(pl.LightningModule):
             ``{"class_path", "init_args"}`` (never the pickled object).
         mode: ``"magnitude"`` (1 channel, the paper's setting) or ``"complex"``
             (2 channels: the complex LR image, SENSE-combined for multi-coil data;
-            needed for data consistency, which is single-coil for now); must
+            needed for data consistency, multi-coil through the coil maps); must
             agree with the model's ``in_chans``.
         lambda_sr, lambda_rec, supervise: the multi-stage loss.
         lr, betas, weight_decay: Adam.
@@ -169,21 +169,21 @@ class IconetModule(pl.LightningModule):
         Targets and metrics stay fastMRI's: the magnitude of the complex output
         is compared with the RSS target.
         """
+        maps = None
         if self.in_chans == 1:
             x = deg.lr_input
         else:
             z = deg.lr_input_complex
             if z is None:  # multi-coil
-                if self.uses_dc:
-                    raise ValueError(
-                        "data consistency is single-coil for now: with multi-coil data use "
-                        "data_consistency: none (complex mode feeds the SENSE-combined image)"
-                    )
                 with torch.autocast(device_type=deg.lr_observed.device.type, enabled=False):
                     maps = estimate_maps_rss(deg.lr_observed, deg.mask)
                     z = sense_combine(ifft2c(deg.lr_observed), maps)
             x = torch.cat([z.real, z.imag], dim=1)
-        kwargs = {"measured_kspace": deg.lr_observed, "mask": deg.mask} if self.uses_dc else {}
+        kwargs: Dict[str, torch.Tensor] = {}
+        if self.uses_dc:
+            kwargs = {"measured_kspace": deg.lr_observed, "mask": deg.mask}
+            if maps is not None:
+                kwargs["maps"] = maps
         return x, kwargs
 
     def setup(self, stage: str) -> None:
@@ -196,12 +196,6 @@ class IconetModule(pl.LightningModule):
                 calibration_region(torch.as_tensor(mask, dtype=torch.float32).expand(*lr)[None, None])
             except ValueError as err:
                 raise ValueError(f"mode='complex' on multicoil data needs coil maps: mask {dm.mask.name!r}: {err}") from err
-        if self.uses_dc and getattr(dm, "challenge", None) == "multicoil":
-            raise ValueError(
-                "data consistency is single-coil for now: this run has multicoil data; set the model's "
-                "data_consistency and data_consistency_sr to none (complex mode then feeds the "
-                "SENSE-combined LR image)"
-            )
 
     def forward(self, deg: Degraded):
         x, kwargs = self.model_input(deg)
