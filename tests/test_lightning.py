@@ -294,3 +294,19 @@ def test_cpu_threads_are_sized_to_the_cores_left_by_workers(monkeypatch):
         assert size_cpu_threads(Namespace(trainer=Namespace(accelerator="gpu"), data=config.data)) is None
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_config_builds(config, tmp_path):
+    """Each YAML in configs/ parses and instantiates (model, data module, trainer) without touching data."""
+    from iconet_fastmri.cli import IconetCLI
+    from iconet_fastmri.pl_modules import IconetModule
+
+    cli = IconetCLI(IconetModule, IconetDataModule, run=False,
+                    args=["--config", str(ROOT / "configs" / config), "--data.demo", "false",
+                          "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"])
+    assert cli.model.model.scale == cli.datamodule.scale
+    assert cli.model.model.in_chans == (2 if cli.model.hparams.mode == "complex" else 1)
+    if config == "knee_multicoil_x2.yaml":
+        assert cli.datamodule.challenge == "multicoil" and cli.datamodule.anatomy == "knee"
+        assert cli.model.uses_dc and cli.model.model.dc_mode == "soft" and cli.model.model.dc_sr_mode == "soft"
