@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "benchmark.py"
-SECTIONS = ("fft", "degradation", "model", "inference", "memory")
+SECTIONS = ("fft", "degradation", "sense", "model", "inference", "memory")
 ENV_FIELDS = ("device", "device_name", "torch", "cuda", "threads")
 
 
@@ -43,6 +43,9 @@ def test_every_section_present_without_errors(report):
         assert section["env"]["device"] == "cpu"
     assert report["fft"]["rows"] and report["degradation"]["rows"] and report["memory"]["rows"]
     assert report["inference"]["rows"]
+    ops = {(r["op"], r["coils"]) for r in report["sense"]["rows"]}
+    assert {("maps", 4), ("dc", 1), ("dc", 4)} <= ops  # map estimate and DC step per slice are reported
+    assert all(r["ours_ms_per_slice"] > 0 and r["reference_ms_per_slice"] > 0 for r in report["sense"]["rows"])
     for row in report["inference"]["rows"]:
         assert row["saved_ok"], row
         # The section times the inference code users run, from a checkpoint.
@@ -69,7 +72,7 @@ def test_environment_fields_in_every_row(report):
 def test_compared_pairs_agree(report):
     corr = report["correctness"]
     sections = {c["section"] for c in corr}
-    assert {"fft", "degradation"} <= sections
+    assert {"fft", "degradation", "sense"} <= sections
     quantities = {c["quantity"] for c in corr if c["section"] == "degradation"}
     assert {
         "hr_target",

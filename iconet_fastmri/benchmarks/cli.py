@@ -21,12 +21,14 @@ from .harness import CPU_FULL_BUDGET, Bench, ru_maxrss_mib
 from .inference import evaluate_targets, section_inference
 from .kspace import section_degradation, section_fft
 from .model import section_memory, section_model
+from .sense import section_sense
 from .report import jsonable, print_tables
 
 #: Section name -> function of the :class:`~.harness.Bench`, in the order they run.
 SECTION_FUNCS: Dict[str, Callable[[Bench], Dict[str, Any]]] = {
     "fft": section_fft,
     "degradation": section_degradation,
+    "sense": section_sense,
     "model": section_model,
     "inference": section_inference,
     "memory": section_memory,

@@ -58,6 +58,9 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         "mem_fft_case": (8, 15, 640, 368),
         "mem_deg": (8, 15, 320, 2),
         "mem_model_batches": [1, 8],
+        "sense_batch": 8,
+        "sense_lr": 160,
+        "sense_coils": [1, 15],
         "warmup": 1,
     },
     "quick": {
@@ -89,6 +92,9 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         "mem_fft_case": (8, 15, 160, 92),
         "mem_deg": (4, 15, 128, 2),
         "mem_model_batches": [1],
+        "sense_batch": 4,
+        "sense_lr": 64,
+        "sense_coils": [1, 15],
         "warmup": 1,
     },
     "tiny": {
@@ -119,6 +125,9 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         "mem_fft_case": (2, 4, 32, 24),
         "mem_deg": (2, 4, 32, 2),
         "mem_model_batches": [1],
+        "sense_batch": 2,
+        "sense_lr": 16,
+        "sense_coils": [1, 4],
         "warmup": 1,
     },
 }

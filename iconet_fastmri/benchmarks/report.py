@@ -136,6 +136,22 @@ def print_tables(b: Bench, results: Dict[str, Any]) -> str:
                 ],
             )
         )
+    s = status("sense")
+    if s:
+        out.append(s)
+    elif "sense" in results:
+        sec = results["sense"]
+        out.append(f"\n### Coil maps and data consistency (ms per slice; batch {sec['batch']})")
+        out.append(
+            markdown_table(
+                ["case", "ours ms/slice", "reference", "reference ms/slice", "reference/ours", "other load"],
+                [
+                    [r["case"], r["ours_ms_per_slice"], r["reference"], r["reference_ms_per_slice"],
+                     r["reference_over_ours"], _load(r["foreign_load_cores"])]
+                    for r in sec["rows"]
+                ],
+            )
+        )
     s = status("model")
     if s:
         out.append(s)
