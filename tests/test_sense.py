@@ -223,3 +223,72 @@ def test_iconet_multicoil_dc_needs_maps_and_uses_them():
     out = net(x, measured, mask, maps)
     other = net(x, measured, mask, _unit_maps(1, 3, 8, 8, seed=10))
     assert out.sr.shape == (1, 2, 16, 16) and not torch.allclose(out.sr, other.sr)
+
+
+# ----------------------------------------------------------------- learned map refinement (issue 12, part 1)
+
+
+def _multicoil_kspace(coils=4, seed=11):
+    from iconet_fastmri.physics.fft import fft2c
+
+    images = _randn(2, coils, 16, 16, seed=seed)
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[..., 6:10] = 1
+    mask[..., ::3] = 1
+    return fft2c(images) * mask, mask
+
+
+def test_learned_maps_start_at_the_rss_estimate_and_skip_zero_padded_coils():
+    from iconet_fastmri.models.coil_maps import LearnedMaps
+    from iconet_fastmri.physics.sense import estimate_maps_rss
+
+    kspace, mask = _multicoil_kspace()
+    kspace[1, 3] = 0  # slice 1 came from a 3-coil volume, zero-padded to 4
+    net = LearnedMaps(chans=4, num_pools=2)
+    maps = net(kspace, mask)
+    torch.testing.assert_close(maps, estimate_maps_rss(kspace, mask), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        net.gate.fill_(0.5)
+    moved = net(kspace, mask)
+    assert torch.isfinite(torch.view_as_real(moved)).all() and not torch.allclose(moved, maps)
+    assert float(moved[1, 3].detach().abs().max()) == 0.0
+    inside = moved.abs().pow(2).sum(1) > 0
+    torch.testing.assert_close(moved.abs().pow(2).sum(1)[inside], torch.ones(int(inside.sum())), rtol=1e-4, atol=1e-4)
+
+
+def test_learned_maps_train_end_to_end_and_round_trip_through_a_checkpoint(tmp_path, singlecoil_dir):
+    import pytorch_lightning as pl
+
+    from iconet_fastmri.demo import write_fastmri_dataset
+
+    from iconet_fastmri.inference import load_method
+    from iconet_fastmri.models import ICONet
+    from iconet_fastmri.pl_modules import IconetDataModule, IconetModule
+
+    with pytest.raises(ValueError, match="coil_maps='learned' serves complex"):
+        IconetModule(ICONet(scale=2, width=4, blocks_per_stage=1), coil_maps="learned")
+    for split, first in (("train", 0), ("val", 5)):
+        write_fastmri_dataset(tmp_path / f"multicoil_{split}", "multicoil", 2, 2, (32, 32), num_coils=4,
+                              seed=first, first_index=first)
+    module = IconetModule(ICONet(scale=2, in_chans=2, width=4, blocks_per_stage=1, data_consistency="hard"),
+                          mode="complex", coil_maps="learned", map_chans=4, map_pools=2)
+    dm = IconetDataModule(data_path=str(tmp_path), challenge="multicoil", scale=2, hr_crop=(32, 32),
+                          batch_size=2, num_workers=0, use_dataset_cache=False)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                         num_sanity_val_steps=0, use_distributed_sampler=False, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=dm)
+    assert float(module.map_net.gate.detach().abs()) > 0  # the refinement got gradients and moved
+    ckpt = tmp_path / "maps.ckpt"
+    trainer.save_checkpoint(ckpt)
+    loaded, _, _ = load_method(ckpt)
+    kspace, mask = _multicoil_kspace()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.map_net(kspace, mask), module.map_net(kspace, mask))
+    single = IconetModule(ICONet(scale=2, in_chans=2, width=4, blocks_per_stage=1), mode="complex",
+                          coil_maps="learned", map_chans=4, map_pools=2)
+    sc = IconetDataModule(data_path=str(tmp_path), challenge="singlecoil", scale=2, hr_crop=(32, 32), batch_size=2,
+                          num_workers=0, use_dataset_cache=False, train_path=str(singlecoil_dir),
+                          val_path=str(singlecoil_dir))
+    with pytest.raises(ValueError, match="needs multicoil data"):
+        pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                   use_distributed_sampler=False, default_root_dir=tmp_path).fit(single, datamodule=sc)

@@ -39,6 +39,7 @@ from ..physics.sense import calibration_region, estimate_maps_rss, sense_combine
 from ..losses import MultiStageLoss
 from ..metrics import VolumeAccumulator, merge_results, summarize
 from ..models import MODELS, BicubicSR, SRModel, model_spec
+from ..models.coil_maps import LearnedMaps
 from ..models.common import magnitude
 
 __all__ = ["IconetModule"]
@@ -77,6 +78,13 @@ class IconetModule(pl.LightningModule):
         num_log_images: validation slices drawn as image panels per epoch.
         volume_metrics_file: if set, rank 0 writes the per-volume metrics of
             every validation/test epoch there as JSON (``{"stage", "epoch", "volumes"}``).
+        coil_maps: coil maps of complex multi-coil runs (SENSE input and DC):
+            ``"rss"``, the on-device estimate from the calibration lines
+            (:func:`~iconet_fastmri.physics.sense.estimate_maps_rss`), or
+            ``"learned"``, that estimate refined by a U-Net trained end to end
+            with the model (:class:`~iconet_fastmri.models.coil_maps.LearnedMaps`,
+            weights under ``map_net.``; it starts equal to ``"rss"``).
+        map_chans, map_pools: width and depth of the learned refinement's U-Net.
     """
 
     def __init__(
@@ -96,6 +104,9 @@ class IconetModule(pl.LightningModule):
         compile: bool = False,
         num_log_images: int = 1,
         volume_metrics_file: Optional[str] = None,
+        coil_maps: Literal["rss", "learned"] = "rss",
+        map_chans: int = 8,
+        map_pools: int = 4,
     ) -> None:
         super().__init__()
         if model is None:
@@ -113,6 +124,11 @@ class IconetModule(pl.LightningModule):
         if scheduler not in ("cosine", "none"):
             raise ValueError(f"scheduler must be 'cosine' or 'none', got {scheduler!r}")
         self.in_chans = 1 if mode == "magnitude" else 2
+        if coil_maps not in ("rss", "learned"):
+            raise ValueError(f"coil_maps must be 'rss' or 'learned', got {coil_maps!r}")
+        if coil_maps == "learned" and mode != "complex":
+            raise ValueError("coil_maps='learned' serves complex multi-coil runs: set mode: complex (or coil_maps: rss)")
+        self.map_net = LearnedMaps(map_chans, map_pools) if coil_maps == "learned" else None
         if model.in_chans != self.in_chans:
             raise ValueError(
                 f"mode={mode!r} feeds {self.in_chans} channel(s) but the model has "
@@ -176,7 +192,10 @@ class IconetModule(pl.LightningModule):
             z = deg.lr_input_complex
             if z is None:  # multi-coil
                 with torch.autocast(device_type=deg.lr_observed.device.type, enabled=False):
-                    maps = estimate_maps_rss(deg.lr_observed, deg.mask)
+                    if self.map_net is not None:
+                        maps = self.map_net(deg.lr_observed, deg.mask)
+                    else:
+                        maps = estimate_maps_rss(deg.lr_observed, deg.mask)
                     z = sense_combine(ifft2c(deg.lr_observed), maps)
             x = torch.cat([z.real, z.imag], dim=1)
         kwargs: Dict[str, torch.Tensor] = {}
@@ -188,6 +207,8 @@ class IconetModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.map_net is not None and getattr(dm, "challenge", None) == "singlecoil":
+            raise ValueError("coil_maps='learned' needs multicoil data; this run is singlecoil (use coil_maps: rss)")
         if self.in_chans == 2 and getattr(dm, "challenge", None) == "multicoil" and hasattr(dm, "mask"):
             # Complex multi-coil input needs coil maps from a fully sampled centre: check the mask now.
             lr = lr_shape_for(dm.patch_size or dm.hr_crop, self.scale)
