@@ -292,3 +292,66 @@ def test_learned_maps_train_end_to_end_and_round_trip_through_a_checkpoint(tmp_p
     with pytest.raises(ValueError, match="needs multicoil data"):
         pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
                    use_distributed_sampler=False, default_root_dir=tmp_path).fit(single, datamodule=sc)
+
+
+# ----------------------------------------------------------------- phase-aware loss (issue 12, why DC lost SSIM)
+
+
+def test_complex_targets_match_the_degradation_and_the_rss_targets():
+    from iconet_fastmri.physics.degradation import KSpaceDegradation
+    from iconet_fastmri.physics.sense import complex_targets, estimate_maps_rss
+
+    single = _randn(2, 1, 32, 32, seed=12)
+    deg = KSpaceDegradation(4)(single, torch.ones(2, 1, 8, 8))
+    lr, mid, hr = complex_targets(single, [(8, 8), (16, 16), (32, 32)])
+    torch.testing.assert_close(lr, deg.lr_clean_complex, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mid.abs(), deg.stage_targets[0], rtol=1e-4, atol=1e-5)
+    assert hr is single
+    coils = _randn(2, 4, 32, 32, seed=13)
+    deg = KSpaceDegradation(2)(coils, torch.ones(2, 1, 16, 16))
+    maps = estimate_maps_rss(deg.lr_observed, deg.mask)  # fully sampled: maps explain the coil images
+    lr, = complex_targets(coils, [(16, 16)], maps)
+    torch.testing.assert_close(lr.abs(), deg.lr_clean, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="need coil maps"):
+        complex_targets(coils, [(16, 16)])
+
+
+def test_phase_loss_supervises_the_phase_the_magnitude_loss_ignores(tiny_multicoil_root):
+    import pytorch_lightning as pl
+
+    from iconet_fastmri.models import ICONet
+    from iconet_fastmri.pl_modules import IconetDataModule, IconetModule
+
+    with pytest.raises(ValueError, match="set mode: complex"):
+        IconetModule(ICONet(scale=2, width=4, blocks_per_stage=1), lambda_phase=0.1)
+    module = IconetModule(ICONet(scale=2, in_chans=2, width=4, blocks_per_stage=1, data_consistency_sr="hard"),
+                          mode="complex", lambda_phase=0.5)
+    dm = IconetDataModule(data_path=str(tiny_multicoil_root), challenge="multicoil", scale=2, hr_crop=(32, 32),
+                          batch_size=2, num_workers=0, use_dataset_cache=False)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    deg = module.degrade(batch)
+    out = module(deg)
+    sr_t, rec_t = module._complex_targets(batch, out)
+    assert [t.shape[1] for t in sr_t + rec_t] == [2] * (len(sr_t) + len(rec_t))
+    exact, _ = module.loss_fn(sr_t, rec_t, sr_t, rec_t)
+    rotated = [torch.cat([-t[:, 1:], t[:, :1]], dim=1) for t in sr_t]  # times i: same magnitude
+    turned, _ = module.loss_fn(rotated, rec_t, sr_t, rec_t)
+    magnitude_only, _ = module.loss_fn(rotated, [], [t.pow(2).sum(1, keepdim=True).sqrt() for t in sr_t], [])
+    size = float(torch.cat([t.flatten() for t in sr_t]).abs().mean())
+    assert float(exact) == 0.0 and float(turned) > 0.3 * size and float(magnitude_only) < 0.05 * float(turned)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=1,
+                         use_distributed_sampler=False)
+    trainer.fit(module, datamodule=dm)
+    assert np.isfinite(float(trainer.callback_metrics["val/psnr"]))
+
+
+@pytest.fixture
+def tiny_multicoil_root(tmp_path):
+    from iconet_fastmri.demo import write_fastmri_dataset
+
+    for split, first in (("train", 0), ("val", 5)):
+        write_fastmri_dataset(tmp_path / f"multicoil_{split}", "multicoil", 2, 2, (32, 32), num_coils=4,
+                              seed=first, first_index=first)
+    return tmp_path

@@ -23,6 +23,10 @@
 * :func:`maps_on_grid`: maps moved to a finer image grid (sinc interpolation,
   renormalised to ``Σ_c |S_c|² = 1``), for DC of a later ICONet stage or of
   the SR output.
+* :func:`complex_targets`: the complex (phase-carrying) images a complex-mode
+  network should output on each stage grid: the HR coil images truncated in
+  k-space to that grid, SENSE-combined for multi-coil data; their magnitude
+  is the RSS target for single-coil data and close to it for multi-coil data.
 * :func:`sense_data_consistency`: data consistency of a coil-combined complex
   image through ``A``: ``x + Aᴴ(w · (y − A x)) / a²`` with ``w = 1`` (hard) or
   ``λ / (1 + λ)`` (soft) and ``a`` the truncation's intensity factor. It is
@@ -54,6 +58,7 @@ __all__ = [
     "sense_combine",
     "maps_on_grid",
     "sense_data_consistency",
+    "complex_targets",
     "SenseOperator",
 ]
 
@@ -228,3 +233,24 @@ def sense_data_consistency(
     weight = 1.0 if lam is None else lam / (1.0 + lam)
     a2 = intensity_factor(lr, grid) ** 2 if grid != lr else 1.0
     return image + op.adjoint(weight * (measured - op.forward(image))) / a2
+
+
+def complex_targets(hr_images: torch.Tensor, grids: Sequence[Sequence[int]],
+                    maps: Optional[torch.Tensor] = None) -> list:
+    """Complex images ``(B, 1, h, w)`` of ``hr_images`` ``(B, C, H, W)`` on each grid in ``grids``.
+
+    Each is ``F⁻¹ T F`` of the coil images (the intensity-preserving k-space
+    truncation to that grid, the identity on the HR grid), combined with
+    ``conj(maps)`` moved to that grid when ``C > 1`` (``maps`` required then).
+    """
+    coils = hr_images.shape[1]
+    if coils > 1 and maps is None:
+        raise ValueError(f"complex targets of {coils}-coil images need coil maps")
+    full = (hr_images.shape[-2], hr_images.shape[-1])
+    kspace = fft2c(hr_images)
+    out = []
+    for grid in grids:
+        grid = (int(grid[0]), int(grid[1]))
+        images = hr_images if grid == full else ifft2c(crop_kspace(kspace, grid))
+        out.append(images if coils == 1 else sense_combine(images, maps_on_grid(maps.to(images.dtype), grid)))
+    return out

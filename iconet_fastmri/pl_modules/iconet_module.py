@@ -35,7 +35,7 @@ from ..io import atomic_write_json
 from ..physics.degradation import Degraded, KSpaceDegradation, build_kspace_steps
 from ..physics.fft import ifft2c
 from ..physics.operators import lr_shape_for
-from ..physics.sense import calibration_region, estimate_maps_rss, sense_combine
+from ..physics.sense import complex_targets, calibration_region, estimate_maps_rss, sense_combine
 from ..losses import MultiStageLoss
 from ..metrics import VolumeAccumulator, merge_results, summarize
 from ..models import MODELS, BicubicSR, SRModel, model_spec
@@ -85,6 +85,14 @@ class IconetModule(pl.LightningModule):
             with the model (:class:`~iconet_fastmri.models.coil_maps.LearnedMaps`,
             weights under ``map_net.``; it starts equal to ``"rss"``).
         map_chans, map_pools: width and depth of the learned refinement's U-Net.
+        lambda_phase: complex mode only: weight of a phase-aware term added to
+            the loss, the same multi-stage L1 on the (real, imag) channels
+            against the complex targets of every stage grid
+            (:func:`~iconet_fastmri.physics.sense.complex_targets`; SENSE-combined
+            with the run's coil maps for multi-coil data). The magnitude loss
+            alone leaves the output's phase free, and data consistency then
+            mixes measured samples with an estimate of the wrong phase
+            (README, "Why DC lost SSIM"). 0 turns it off.
     """
 
     def __init__(
@@ -104,6 +112,7 @@ class IconetModule(pl.LightningModule):
         compile: bool = False,
         num_log_images: int = 1,
         volume_metrics_file: Optional[str] = None,
+        lambda_phase: float = 0.0,
         coil_maps: Literal["rss", "learned"] = "rss",
         map_chans: int = 8,
         map_pools: int = 4,
@@ -129,6 +138,11 @@ class IconetModule(pl.LightningModule):
         if coil_maps == "learned" and mode != "complex":
             raise ValueError("coil_maps='learned' serves complex multi-coil runs: set mode: complex (or coil_maps: rss)")
         self.map_net = LearnedMaps(map_chans, map_pools) if coil_maps == "learned" else None
+        if lambda_phase < 0:
+            raise ValueError(f"lambda_phase must be >= 0, got {lambda_phase}")
+        if lambda_phase > 0 and mode != "complex":
+            raise ValueError("lambda_phase supervises the phase of a complex output: set mode: complex")
+        self._maps: Optional[torch.Tensor] = None  # the last batch's coil maps (multi-coil complex mode)
         if model.in_chans != self.in_chans:
             raise ValueError(
                 f"mode={mode!r} feeds {self.in_chans} channel(s) but the model has "
@@ -198,6 +212,7 @@ class IconetModule(pl.LightningModule):
                         maps = estimate_maps_rss(deg.lr_observed, deg.mask)
                     z = sense_combine(ifft2c(deg.lr_observed), maps)
             x = torch.cat([z.real, z.imag], dim=1)
+        self._maps = maps
         kwargs: Dict[str, torch.Tensor] = {}
         if self.uses_dc:
             kwargs = {"measured_kspace": deg.lr_observed, "mask": deg.mask}
@@ -237,12 +252,27 @@ class IconetModule(pl.LightningModule):
         deg = self.degrade(batch)
         out = self(deg)
         loss, terms = self.loss_fn(out, deg)
+        if self.hparams.lambda_phase > 0:
+            phase, _ = self.loss_fn(out.sr_stages or [out.sr], out.rec_stages,
+                                    *self._complex_targets(batch, out), norm_scale=out.norm_scale)
+            terms["phase"] = phase.detach()
+            loss = loss + self.hparams.lambda_phase * phase
         bs = deg.hr_target.shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
         for name, value in terms.items():
             if name != "total":
                 self.log(f"train/{name}", value, batch_size=bs)
         return loss
+
+    def _complex_targets(self, batch: IconetSample, out) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """(SR, prior) complex targets as (real, imag) channels on the grids of ``out``'s stages."""
+        sr_grids = [tuple(t.shape[-2:]) for t in (out.sr_stages or [out.sr])]
+        rec_grids = [tuple(t.shape[-2:]) for t in out.rec_stages]
+        grids = list(dict.fromkeys(sr_grids + rec_grids))
+        with torch.autocast(device_type=batch.hr_images.device.type, enabled=False):
+            images = dict(zip(grids, complex_targets(batch.hr_images, grids, self._maps)))
+        as_channels = lambda z: torch.cat([z.real, z.imag], dim=1)  # noqa: E731
+        return [as_channels(images[g]) for g in sr_grids], [as_channels(images[g]) for g in rec_grids]
 
     def on_train_epoch_start(self) -> None:
         optimizers = self.trainer.optimizers if self.trainer is not None else []
