@@ -257,6 +257,7 @@ class IconetModule(pl.LightningModule):
                                     *self._complex_targets(batch, out), norm_scale=out.norm_scale)
             terms["phase"] = phase.detach()
             loss = loss + self.hparams.lambda_phase * phase
+        self._maps = None  # do not keep the batch's maps (and a learned map net's graph) past the step
         bs = deg.hr_target.shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
         for name, value in terms.items():
