@@ -6,8 +6,8 @@ centre of the acquired k-space, refined coil by coil by fastMRI's
 ``NormUnet`` (real/imag channels, per-image mean/std normalisation), then
 divided by their root-sum-of-squares. Two differences, both for our data:
 
-* the calibration region comes from
-  :func:`~iconet_fastmri.physics.sense.calibration_region` (1D and 2D masks;
+* the calibration images come from
+  :func:`~iconet_fastmri.physics.sense.calibration_images` (1D and 2D masks;
   fastMRI's reads one mask row, which suits only 1D column masks);
 * the refinement is a residual with a learned gate initialised at 0, so an
   untrained model gives exactly :func:`~iconet_fastmri.physics.sense.estimate_maps_rss`
@@ -23,9 +23,7 @@ import torch
 from fastmri.models.varnet import NormUnet
 from torch import nn
 
-from ..physics.fft import ifft2c
-from ..physics.operators import rss
-from ..physics.sense import calibration_region
+from ..physics.sense import calibration_images, normalise_maps
 
 __all__ = ["LearnedMaps"]
 
@@ -50,7 +48,7 @@ class LearnedMaps(nn.Module):
 
     def forward(self, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``kspace`` centred acquired LR k-space ``(B, C, h, w)`` complex; ``mask`` ``(B, 1, h, w)``."""
-        images = ifft2c(kspace * calibration_region(mask).to(kspace.device))
+        images = calibration_images(kspace, mask)
         valid = images.abs().flatten(2).amax(dim=-1) > 0  # (B, C): zero-padded coils stay zero
         refined = images
         if bool(valid.any()):
@@ -59,5 +57,4 @@ class LearnedMaps(nn.Module):
             update = torch.zeros_like(images)
             update[valid] = torch.view_as_complex(correction.contiguous()).to(images.dtype)
             refined = images + self.gate.to(images.real.dtype) * update
-        norm = rss(refined, dim=1, keepdim=True)
-        return torch.where(norm > self.eps, refined / norm.clamp_min(self.eps), torch.zeros_like(refined))
+        return normalise_maps(refined, self.eps)

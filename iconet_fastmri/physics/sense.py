@@ -53,6 +53,8 @@ from .operators import LinearOperator, crop_kspace, intensity_factor, pad_kspace
 __all__ = [
     "calibration_region",
     "estimate_maps_rss",
+    "calibration_images",
+    "normalise_maps",
     "espirit_maps",
     "espirit_maps_cached",
     "sense_combine",
@@ -105,8 +107,16 @@ def estimate_maps_rss(kspace: torch.Tensor, mask: torch.Tensor, eps: float = 1e-
     Returns:
         ``(B, C, h, w)`` complex maps with ``Σ_c |S_c|² = 1`` where the RSS exceeds ``eps``.
     """
-    acs = kspace * calibration_region(mask).to(kspace.device)
-    images = ifft2c(acs)
+    return normalise_maps(calibration_images(kspace, mask), eps)
+
+
+def calibration_images(kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Low-resolution coil images ``(B, C, h, w)`` of the calibration region of acquired k-space."""
+    return ifft2c(kspace * calibration_region(mask).to(kspace.device))
+
+
+def normalise_maps(images: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Coil images divided by their RSS over coils: ``Σ_c |S_c|² = 1`` where the RSS exceeds ``eps``, else 0."""
     norm = rss(images, dim=1, keepdim=True)
     return torch.where(norm > eps, images / norm.clamp_min(eps), torch.zeros_like(images))
 
@@ -199,9 +209,7 @@ def maps_on_grid(maps: torch.Tensor, shape: Sequence[int], eps: float = 1e-12) -
     shape = (int(shape[0]), int(shape[1]))
     if tuple(maps.shape[-2:]) == shape:
         return maps
-    fine = sinc_upsample(maps, shape)
-    norm = rss(fine, dim=1, keepdim=True)
-    return torch.where(norm > eps, fine / norm.clamp_min(eps), torch.zeros_like(fine))
+    return normalise_maps(sinc_upsample(maps, shape), eps)
 
 
 def sense_data_consistency(
