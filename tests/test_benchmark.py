@@ -155,3 +155,42 @@ def test_gpu_check_cpu_path(tmp_path):
     training = report["training"]
     assert training["ok"] and training["psnr_diff_db"] == 0.0  # the same fp32 eager run twice on the CPU
     assert "gpu_check passed" in proc.stdout
+
+
+def test_gpu_check_benchmark_step_cpu_path(tmp_path):
+    """The bounded benchmark step of gpu_check (device sections, then the CPU degradation reference)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--device", "cpu", "--tiny",
+         "--steps", "benchmark", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    bench = json.loads((tmp_path / "benchmark.json").read_text())
+    assert bench["degradation"]["rows"] and bench["model"]["rows"] and bench["cpu"]["degradation"]["rows"]
+    assert bench["sense"] == {"skipped": "not part of the GPU check"}
+    assert (tmp_path / "benchmark.md").read_text().startswith("## Benchmark (tiny)")
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["steps"] == ["benchmark"] and not report["benchmark"]["errors"]
+
+
+def test_gpu_targets_from_rows():
+    """bf16+compile vs eager fp32 and GPU-vs-CPU degradation targets, from given rows."""
+    from iconet_fastmri.benchmarks.gpu_check import device_over_cpu_targets
+    from iconet_fastmri.benchmarks.inference import _training_targets
+
+    row = dict(mode="forward+backward", scale=2, batch=8)
+    rows = [dict(row, variant="eager_fp32", slices_per_s=59.84, peak_mib_over_start=17584.0),
+            dict(row, variant="compile_bf16_channels_last", slices_per_s=121.6, peak_mib_over_start=6984.0),
+            dict(row, variant="eager_bf16_autocast", slices_per_s=64.9, peak_mib_over_start=11256.0)]
+    speed, memory = _training_targets({"rows": rows}, "")
+    assert speed["met"] and abs(speed["value"] - 121.6 / 59.84) < 1e-9
+    assert memory["met"] and abs(memory["value"] - 6984 / 17584) < 1e-9
+    slow = [dict(rows[0]), dict(rows[1], slices_per_s=94.2)]
+    assert not _training_targets({"rows": slow}, "")[0]["met"]
+    gpu = {"env": {"device": "cuda:0"}, "degradation": {"rows": [
+        {"case": "15-coil x2", "ours_ms": 0.76}, {"case": "1-coil x2", "ours_ms": 0.51}]}}
+    cpu = {"env": {"threads": 16}, "degradation": {"rows": [
+        {"case": "15-coil x2", "reference_ms": 62.36}, {"case": "1-coil x2", "reference_ms": 21.37}]}}
+    targets = {t["case"]: t for t in device_over_cpu_targets(gpu, cpu)}
+    assert abs(targets["15-coil x2"]["value"] - 62.36 / 0.76) < 1e-9 and not targets["15-coil x2"]["met"]
+    assert device_over_cpu_targets(dict(gpu, env={"device": "cpu"}), cpu) == []

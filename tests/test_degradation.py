@@ -161,3 +161,16 @@ def test_cuda_matches_cpu():
         assert torch.allclose(getattr(cpu, name), getattr(gpu, name).cpu(), atol=1e-5), name
     assert torch.allclose(fft2c(x), fft2c(x.cuda()).cpu(), atol=1e-4)
     assert torch.allclose(ifft2c(x), ifft2c(x.cuda()).cpu(), atol=1e-4)
+
+
+def test_gpu_rss_reduction_equals_fastmri_rss_and_has_a_finite_gradient_at_zero():
+    """The one-kernel RSS that non-CPU devices use (operators._rss_norm), checked on the CPU."""
+    from iconet_fastmri.physics.operators import _rss_norm, rss
+
+    x = _images(3, 15, 12, 10)
+    ref = fastmri.rss_complex(to_real_view(x), dim=1)
+    assert torch.allclose(_rss_norm(x, 1, keepdim=False), ref, atol=1e-6)
+    assert torch.allclose(_rss_norm(x, 1, keepdim=True), rss(x), atol=1e-6)
+    z = torch.zeros(1, 2, 3, 3, dtype=torch.complex64, requires_grad=True)
+    _rss_norm(z, 1, keepdim=True).sum().backward()
+    assert torch.isfinite(torch.view_as_real(z.grad)).all()

@@ -310,3 +310,29 @@ def test_every_shipped_config_builds(config, tmp_path):
     if config == "knee_multicoil_x2.yaml":
         assert cli.datamodule.challenge == "multicoil" and cli.datamodule.anatomy == "knee"
         assert cli.model.uses_dc and cli.model.model.dc_mode == "soft" and cli.model.model.dc_sr_mode == "soft"
+
+
+def test_channels_last_trains_the_same_weights_and_saves_plain_checkpoints(tiny_data, tmp_path):
+    """--model.channels_last: NHWC weights and input, the same numbers, loadable without the flag."""
+    import pytorch_lightning as pl
+
+    from iconet_fastmri.pl_modules import IconetModule
+
+    results = {}
+    for nhwc in (False, True):
+        pl.seed_everything(0)
+        trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             default_root_dir=tmp_path, num_sanity_val_steps=0, deterministic=True)
+        module = _tiny_module(channels_last=nhwc)
+        trainer.fit(module, datamodule=_tiny_dm(tiny_data))
+        conv = next(p for p in module.model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[-1] > 1)
+        assert conv.is_contiguous(memory_format=torch.channels_last) == nhwc
+        results[nhwc] = (module.state_dict(), float(trainer.callback_metrics["val/psnr"]))
+    (plain, psnr_plain), (nhwc_state, psnr_nhwc) = results[False], results[True]
+    assert abs(psnr_plain - psnr_nhwc) < 1e-3
+    for key, value in plain.items():
+        assert torch.allclose(value, nhwc_state[key], atol=1e-5), key
+    fresh = _tiny_module()
+    fresh.load_state_dict(nhwc_state)  # a channels_last checkpoint loads into a default module
+    assert isinstance(fresh, IconetModule)

@@ -278,6 +278,52 @@ def evaluate_targets(b: Bench, results: Dict[str, Any]) -> List[Dict[str, Any]]:
                 "met": (r["ours_over_reference"] >= 2.0) if not b.cuda else None,
             }
         )
+        if b.cuda:
+            targets.append(
+                {
+                    "target": f"degradation <= 1.3x its own FFTs (GPU){suffix}",
+                    "case": r["case"],
+                    "value": r["degradation_over_own_fft"],
+                    "threshold": "<= 1.3",
+                    "met": r["degradation_over_own_fft"] <= 1.3,
+                }
+            )
+    targets.extend(_training_targets(results.get("model", {}), suffix))
     for t in targets:
         t.update(b.row_env)
+    return targets
+
+
+def _training_targets(model: Dict[str, Any], suffix: str) -> List[Dict[str, Any]]:
+    """bf16 autocast + torch.compile against eager fp32, forward+backward (CUDA rows only)."""
+    by_case: Dict[Any, Dict[str, Dict[str, Any]]] = {}
+    for r in model.get("rows", []):
+        if r.get("mode") == "forward+backward" and "variant" in r:
+            by_case.setdefault((r["scale"], r["batch"]), {})[r["variant"]] = r
+    targets: List[Dict[str, Any]] = []
+    for (scale, batch), rows in sorted(by_case.items()):
+        fast, ref = rows.get("compile_bf16_channels_last"), rows.get("eager_fp32")
+        if fast is None or ref is None:
+            continue
+        case = f"ICONet x{scale} forward+backward, batch {batch}"
+        targets.append(
+            {
+                "target": f"bf16 + compile (channels_last) >= 2x the slices/s of eager fp32{suffix}",
+                "case": case,
+                "value": fast["slices_per_s"] / ref["slices_per_s"],
+                "threshold": ">= 2.0",
+                "met": fast["slices_per_s"] / ref["slices_per_s"] >= 2.0,
+            }
+        )
+        if fast.get("peak_mib_over_start") and ref.get("peak_mib_over_start"):
+            ratio = fast["peak_mib_over_start"] / ref["peak_mib_over_start"]
+            targets.append(
+                {
+                    "target": f"bf16 + compile (channels_last) <= 0.55x the peak memory of eager fp32{suffix}",
+                    "case": case,
+                    "value": ratio,
+                    "threshold": "<= 0.55",
+                    "met": ratio <= 0.55,
+                }
+            )
     return targets

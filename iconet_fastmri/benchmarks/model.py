@@ -1,13 +1,19 @@
 """Model sections: ICONet speed (slices/s, FLOPs per slice) and the peak memory of each case.
 
 ``model`` times ICONet forward and forward+backward (on CUDA also bf16
-autocast, ``torch.compile`` and ``checkpoint_blocks``); ``memory`` records the
-peak memory of our FFT and degradation against fastMRI's and of the model steps.
+autocast, ``torch.compile`` under bf16 autocast in ``channels_last`` with
+``cudnn.benchmark``, and ``checkpoint_blocks``, each with its own peak memory); ``memory`` records the peak memory of our FFT and
+degradation against fastMRI's and of the model steps.
+
+On CUDA the compiled variant is the one people train with (``--trainer.precision
+bf16-mixed --model.compile true``); an fp32 compile is not timed (each compiled
+case costs a compile of its own, and the GPU check has minutes, not hours).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -26,8 +32,6 @@ def _model_loss(out: Any) -> Any:
 
 def _count_flops(b: Bench, model: Any, x: Any, train: bool) -> Tuple[Optional[float], str]:
     """FLOPs of one call on ``x`` (fwd, or fwd+bwd), on the meta device when possible."""
-    import copy
-
     torch = b.torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -135,6 +139,14 @@ def section_model(b: Bench) -> Dict[str, Any]:
                     per_slice_s[key] = t["eager_fp32"]["median_ms"] / 1e3
                     if peak.get("peak_over_start_mib") is not None:
                         per_slice_mib[key] = peak["peak_over_start_mib"]
+                # On CUDA each variant's own peak (one more call each; cheap there).
+                own_peak: Dict[str, Any] = {}
+                if b.cuda:
+                    for name in t:
+                        try:
+                            own_peak[name] = b.peak_memory(fns[name])["peak_over_start_mib"]
+                        except Exception as err:
+                            errors[f"{name} peak memory"] = repr(err)
                 for name, st in t.items():
                     ms = st["median_ms"]
                     sps = batch / (ms / 1e3)
@@ -152,6 +164,7 @@ def section_model(b: Bench) -> Dict[str, Any]:
                             foreign_load_cores=st["foreign_load_cores"],
                             first_call_s=first_call_s.get(name),
                             peak_mib_over_start_all_variants=peak.get("peak_over_start_mib"),
+                            peak_mib_over_start=own_peak.get(name),
                             note=note,
                             loadavg=loadavg(),
                             **config,
@@ -202,7 +215,12 @@ def _model_variants(b: Bench, model: Any) -> Dict[str, Tuple[Any, Any, bool, boo
         variants["eager_bf16_autocast"] = (model, torch.bfloat16, False, False)
         variants["checkpoint_blocks"] = (model, None, True, True)
         try:
-            variants["torch_compile"] = (torch.compile(model, dynamic=False), None, False, False)
+            # The layout and settings people train with: --model.channels_last true
+            # --trainer.benchmark true --trainer.precision bf16-mixed --model.compile true.
+            nhwc = copy.deepcopy(model).to(memory_format=torch.channels_last)
+            nhwc._bench_channels_last = True
+            compiled = torch.compile(nhwc, dynamic=False)
+            variants["compile_bf16_channels_last"] = (compiled, torch.bfloat16, False, False)
         except Exception:  # recorded by the failing call instead
             pass
     return variants
@@ -213,8 +231,12 @@ def _model_step(
 ) -> Callable[[], Any]:
     torch = b.torch
     base = getattr(model, "_orig_mod", model)
+    nhwc = getattr(base, "_bench_channels_last", False)
+    if nhwc:
+        x = x.contiguous(memory_format=torch.channels_last)
 
     def step() -> None:
+        torch.backends.cudnn.benchmark = nhwc
         base.checkpoint_blocks = ckpt
         ctx = (
             torch.autocast(device_type=b.device.type, dtype=autocast)
@@ -232,6 +254,7 @@ def _model_step(
                 loss = _model_loss(model(x))
             loss.backward()
         base.checkpoint_blocks = False
+        torch.backends.cudnn.benchmark = False
 
     return step
 
@@ -329,7 +352,7 @@ def _memory_model(b: Bench, rows: List[Dict[str, Any]]) -> None:
     ).to(b.device)
     lr_side = p["model_hr"] // 2
     variants = _model_variants(b, model)
-    variants.pop("torch_compile", None)  # compile-time memory is not the steady state
+    variants.pop("compile_bf16_channels_last", None)  # compile-time memory is not the steady state
     batches = (
         p["mem_model_batches"] if (b.cuda or b.mode != "full") else [1]
     )  # 2-core CPU: batch 1 only

@@ -31,7 +31,8 @@ so without autograd a large transform is the unshifted FFT followed by a
 single pass that moves the four quadrants of its output into place while
 multiplying them by the sign pattern (``torch.mul(..., out=quadrant)``); a
 small one (up to ``2**20`` elements, where per-op overhead dominates)
-modulates the input and then the FFT output in place. The patterns are cached
+modulates the input and then the FFT output in place (on CUDA up to ``2**23``
+elements, where kernel launches dominate longer). The patterns are cached
 in the interleaved real layout ``(H, W, 2)`` of :func:`torch.view_as_real`,
 so the multiplies need no broadcast over the (real, imag) pair. Large CPU
 tensors (over 32 MiB) are transformed in 16 MiB chunks over the leading
@@ -216,6 +217,11 @@ def chunk_bounds(total: int, per: int, min_size: int = 2) -> List[Tuple[int, int
 #: then the FFT output in place (fewer, cache-resident ops); above it the single
 #: quadrant pass after the FFT moves less memory.
 _SMALL_NUMEL = 1 << 20
+#: The same bound on CUDA, measured on an H200 (``scripts/gpu_ab.py``): the in-place
+#: modulations (three kernels) beat the quadrant pass (five kernels, four of them
+#: strided) up to a 15-coil 640x368 slice (0.126 vs 0.230 ms; floor 0.077) and lose
+#: on a batch of 8 of them (0.77 vs 0.66 ms; floor 0.43).
+_SMALL_NUMEL_CUDA = 1 << 23
 #: CPU tensors larger than this many bytes are transformed in chunks of at most
 #: CHUNK_BYTES over the leading dims: glibc serves allocations above its largest
 #: mmap threshold (32 MiB) with fresh pages, whose first-touch faults otherwise
@@ -246,7 +252,7 @@ def _centred(x: torch.Tensor, inverse: bool) -> torch.Tensor:
                 plain = _interleaved(h, w, x.device, real_dtype, signed=False)
                 y = transform(_modulate(x, plain), dim=(-2, -1), norm="ortho")
                 return _modulate(y, signed)
-            if x.numel() <= _SMALL_NUMEL:
+            if x.numel() <= (_SMALL_NUMEL_CUDA if x.device.type == "cuda" else _SMALL_NUMEL):
                 plain = _interleaved(h, w, x.device, real_dtype, signed=False)
                 y = transform(_modulate(x, plain), dim=(-2, -1), norm="ortho")
                 torch.view_as_real(y).mul_(signed)  # y is ours: modulate in place
