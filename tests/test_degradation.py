@@ -174,3 +174,26 @@ def test_gpu_rss_reduction_equals_fastmri_rss_and_has_a_finite_gradient_at_zero(
     z = torch.zeros(1, 2, 3, 3, dtype=torch.complex64, requires_grad=True)
     _rss_norm(z, 1, keepdim=True).sum().backward()
     assert torch.isfinite(torch.view_as_real(z.grad)).all()
+
+
+@pytest.mark.parametrize("coils,scale", [(1, 2), (4, 2), (4, 4), (1, 4)])
+def test_chunked_cpu_path_equals_the_whole_batch(monkeypatch, coils, scale):
+    """Large CPU batches run their HR part in chunks into whole-batch buffers: same outputs."""
+    import iconet_fastmri.physics.degradation as degradation
+
+    x = _images(5, coils, 32, 24)
+    mask = (torch.rand(5, 1, 32 // scale, 24 // scale, generator=torch.Generator().manual_seed(3)) > 0.4).float()
+    whole = KSpaceDegradation(scale)(x, mask)
+    sample = x[0].numel() * x.element_size()
+    monkeypatch.setattr(degradation, "CHUNK_ABOVE_BYTES", sample)  # anything above one sample
+    monkeypatch.setattr(degradation, "CHUNK_BYTES", 2 * sample)  # chunks of 2 (and a tail)
+    assert len(KSpaceDegradation._chunks(x)) > 1
+    chunked = KSpaceDegradation(scale)(x, mask)
+    for name in ("hr_target", "lr_kspace", "lr_observed", "lr_clean", "lr_input",
+                 "lr_input_complex", "lr_clean_complex"):
+        a, b = getattr(chunked, name), getattr(whole, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert torch.allclose(a, b, atol=1e-6), name
+    for a, b in zip(chunked.stage_targets, whole.stage_targets):
+        assert torch.allclose(a, b, atol=1e-6)

@@ -29,9 +29,11 @@ LR-sized data, are folded into the mask multiply, and vanish under magnitude
 and RSS. For multi-coil data (only the RSS images are returned) the LR
 k-space ``a * S ⊙ G`` is gathered, scaled and signed in one pass, and the
 RSS of ``ifft2`` of it is rolled back by ``(h/2, w/2)`` on the small
-coil-combined grid. On the CPU large batches are processed in chunks of
-about 16 MiB of HR data (large fresh allocations are page-faulted in on first
-touch, which costs about as much as the FFT), and the RSS avoids the slow
+coil-combined grid. On the CPU the HR part (FFT, block gathers, HR RSS) of a
+large batch runs in chunks of about 16 MiB of HR data (large fresh allocations
+are page-faulted in on first touch, which costs about as much as the FFT),
+writing into whole-batch LR buffers; the LR part then runs once for the whole
+batch (no per-chunk calls, no concatenation). The RSS avoids the slow
 reduction over the (real, imag) axis. Odd grids take the exact general path
 through :func:`fft2c`.
 """
@@ -117,13 +119,18 @@ def _wrapped_index(part: int, full: int, device: torch.device) -> torch.Tensor:
 
 
 def _low_block(
-    spectrum: torch.Tensor, shape: Tuple[int, int], pattern: Optional[torch.Tensor] = None
+    spectrum: torch.Tensor,
+    shape: Tuple[int, int],
+    pattern: Optional[torch.Tensor] = None,
+    out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The wrapped low-frequency block ``spectrum[..., rows, cols]`` of an unshifted spectrum.
 
     Same values as indexing with :func:`_wrapped_index` rows and columns, built
     from the four corner blocks by slice copies (one pass, no index kernel).
     With a real ``pattern`` ``(h, w)`` the block is multiplied by it in the same pass.
+    ``out`` (not under autograd): write the block there, e.g. one chunk's rows of a
+    whole-batch buffer.
     """
     H, W = spectrum.shape[-2], spectrum.shape[-1]
     h, w = shape
@@ -137,7 +144,8 @@ def _low_block(
     )
     if pattern is not None and functional_only(spectrum):
         return _low_block(spectrum, shape) * pattern
-    out = spectrum.new_empty(*spectrum.shape[:-2], h, w)
+    if out is None:
+        out = spectrum.new_empty(*spectrum.shape[:-2], h, w)
     if pattern is None:
         for (dr, dc), (sr, sc) in corners:
             out[..., dr, dc] = spectrum[..., sr, sc]
@@ -148,20 +156,6 @@ def _low_block(
     for (dr, dc), (sr, sc) in corners:
         torch.mul(src[..., sr, sc, :], pat[dr, dc], out=dst[..., dr, dc, :])
     return out
-
-
-def _concat_parts(parts: List[tuple]) -> tuple:
-    # Concatenate per-chunk outputs along the batch: tensors, None, or lists of tensors.
-    merged = []
-    for items in zip(*parts):
-        first = items[0]
-        if first is None:
-            merged.append(None)
-        elif isinstance(first, list):
-            merged.append([torch.cat(group) for group in zip(*items)])
-        else:
-            merged.append(torch.cat(items))
-    return tuple(merged)
 
 
 class KSpaceDegradation(nn.Module):
@@ -256,17 +250,11 @@ class KSpaceDegradation(nn.Module):
             if self.noise_std > 0:  # drawn for the whole batch, as randn_like(LR k-space)
                 noise = torch.randn(batch, coils, *lr, dtype=x.dtype, device=x.device)
                 noise = noise * self.noise_std
-            parts = []
-            for start, stop in self._chunks(x):
-                sub = x[start:stop]
-                chunk_noise = None if noise is None else noise[start:stop]
-                if all_even:
-                    out = self._fast_parts(sub, mask[start:stop], lr, grids, single, chunk_noise)
-                else:
-                    out = self._general(sub, mask[start:stop], lr, grids, chunk_noise)
-                    out = out + (rss(out[1]), rss(out[3]))
-                parts.append(out + (rss(sub),))
-            merged = parts[0] if len(parts) == 1 else _concat_parts(parts)
+            if all_even:
+                merged = self._fast_parts(x, mask, lr, grids, single, noise, with_hr_target=True)
+            else:
+                merged = self._general(x, mask, lr, grids, noise)
+                merged = merged + (rss(merged[1]), rss(merged[3]), rss(x))
         (lr_kspace, lr_clean_c, lr_observed, lr_input_c, stage_targets, lr_clean, lr_input,
          hr_target) = merged
         stage_targets.append(hr_target)
@@ -290,15 +278,17 @@ class KSpaceDegradation(nn.Module):
 
     @staticmethod
     def _chunks(x: torch.Tensor) -> List[Tuple[int, int]]:
-        """Batch ranges processed at once: on the CPU, ~16 MiB of HR data per chunk.
+        """Batch ranges whose HR FFT runs at once: on the CPU, ~16 MiB of HR data per chunk.
 
         Large fresh CPU allocations (above glibc's 32 MiB mmap threshold) are
         page-faulted in on first touch, which costs about as much as the FFT;
-        chunk-sized temporaries are reused by the C allocator instead.
+        chunk-sized temporaries are reused by the C allocator instead. Under
+        autograd (``out=`` writes are not differentiable) the batch is one chunk.
         """
         batch = x.shape[0]
         sample_bytes = x[0].numel() * x.element_size() if batch else 0
-        if x.device.type != "cpu" or batch < 2 or batch * sample_bytes <= CHUNK_ABOVE_BYTES:
+        if (x.device.type != "cpu" or batch < 2 or batch * sample_bytes <= CHUNK_ABOVE_BYTES
+                or functional_only(x)):
             return [(0, batch)]
         per = max(1, CHUNK_BYTES // max(sample_bytes, 1))
         # Never a single 2D FFT per chunk (see iconet_fastmri.physics.fft.chunk_bounds).
@@ -311,18 +301,46 @@ class KSpaceDegradation(nn.Module):
         """The 5-tuple of :meth:`_general`, complex LR images included."""
         return self._fast_parts(x, mask, lr, grids, complex_images=True)[:5]
 
-    def _fast_parts(self, x, mask, lr, grids, complex_images, noise=None):
-        # As _fast, plus the RSS images lr_clean and lr_input; without complex_images the
-        # complex LR images are not formed (returned as None).
+    def _spectral_blocks(self, x, lr, grids, lr_pattern):
+        """The unshifted HR spectrum's LR block (times ``lr_pattern`` if given), the blocks of the
+        intermediate grids and the HR RSS target, each for the whole batch.
+
+        Only this part sees HR data: on the CPU it runs in chunks (:meth:`_chunks`) writing
+        into whole-batch LR buffers, and everything after it works on the whole batch at once.
+        """
+        chunks = self._chunks(x)
+        if len(chunks) == 1:
+            spectrum = torch.fft.fft2(x, norm="ortho")  # unshifted: the FFT floor
+            blocks = [_low_block(spectrum, g) for g in grids[1:-1]]
+            return _low_block(spectrum, lr, lr_pattern), blocks, rss(x)
+        batch, coils = x.shape[:2]
+        block = x.new_empty(batch, coils, *lr)
+        blocks = [x.new_empty(batch, coils, *g) for g in grids[1:-1]]
+        hr_target = None
+        for start, stop in chunks:
+            sub = x[start:stop]
+            spectrum = torch.fft.fft2(sub, norm="ortho")
+            _low_block(spectrum, lr, lr_pattern, out=block[start:stop])
+            for g, buffer in zip(grids[1:-1], blocks):
+                _low_block(spectrum, g, out=buffer[start:stop])
+            del spectrum
+            target = rss(sub)
+            if hr_target is None:
+                hr_target = target.new_empty(batch, *target.shape[1:])
+            hr_target[start:stop] = target
+        return block, blocks, hr_target
+
+    def _fast_parts(self, x, mask, lr, grids, complex_images, noise=None, with_hr_target=False):
+        # As _fast, plus the RSS images lr_clean and lr_input (and the HR target); without
+        # complex_images the complex LR images are not formed (returned as None).
         H, W = x.shape[-2:]
-        spectrum = torch.fft.fft2(x, norm="ortho")  # unshifted: the FFT floor
         dev = x.device
         a = intensity_factor(lr, (H, W))
 
         # LR: a * G holds the centred LR samples up to the sign pattern S.
         sign_k = checkerboard(lr[0], lr[1], dev, signed=True)  # S
         if complex_images:
-            block = _low_block(spectrum, lr)  # G (unscaled)
+            block, stage_blocks, hr_target = self._spectral_blocks(x, lr, grids, None)  # G (unscaled)
             observed_block = block * (mask * a)  # a * G ⊙ mask (scale folded into the small mask)
             if self.noise_std > 0:
                 drawn = self._noise(block) if noise is None else noise
@@ -339,7 +357,7 @@ class KSpaceDegradation(nn.Module):
             # k-space a * S ⊙ G in one pass. ifft2(S ⊙ Z) is ifft2(Z) rolled by (h/2, w/2)
             # (times a global sign), so the RSS images are rolled back on the small
             # coil-combined grid.
-            lr_kspace = _low_block(spectrum, lr, sign_k * a)
+            lr_kspace, stage_blocks, hr_target = self._spectral_blocks(x, lr, grids, sign_k * a)
             lr_observed = lr_kspace * mask
             if self.noise_std > 0:
                 drawn = self._noise(lr_kspace) if noise is None else noise
@@ -349,10 +367,11 @@ class KSpaceDegradation(nn.Module):
             lr_input = torch.roll(rss(torch.fft.ifft2(lr_observed, norm="ortho")), half, (-2, -1))
             lr_clean_c = lr_input_c = None
         stage_targets = []
-        for g in grids[1:-1]:  # intermediate stage outputs (x4: the x2 grid)
-            image = torch.fft.ifft2(_low_block(spectrum, g), norm="ortho")
+        for g, stage_block in zip(grids[1:-1], stage_blocks):  # intermediate outputs (x4: the x2 grid)
+            image = torch.fft.ifft2(stage_block, norm="ortho")
             stage_targets.append(rss(image).mul_(intensity_factor(g, (H, W))))
-        return lr_kspace, lr_clean_c, lr_observed, lr_input_c, stage_targets, lr_clean, lr_input
+        out = (lr_kspace, lr_clean_c, lr_observed, lr_input_c, stage_targets, lr_clean, lr_input)
+        return out + (hr_target,) if with_hr_target else out
 
     def _general(self, x, mask, lr, grids, noise=None):
         kspace = fft2c(x)
