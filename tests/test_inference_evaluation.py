@@ -189,8 +189,10 @@ def test_reproduce_demo_end_to_end_and_resumable(tmp_path):
             "--data.demo_slices", "2", "--data.hr_crop", "[32, 32]", "--data.batch_size", "2",
             "--trainer.max_epochs", "1", "--model.model.init_args.width", "4",
             "--model.model.init_args.blocks_per_stage", "1"]
+    readme = tmp_path / "README.md"
+    readme.write_text("# Results\n\n<!-- reproduce:demo -->\nold table\n<!-- /reproduce:demo -->\n\nText after.\n")
     cmd = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--demo", "--methods", "iconet", "bicubic",
-           "--out", str(tmp_path / "out"), "--bootstrap", "20", *tiny]
+           "--out", str(tmp_path / "out"), "--bootstrap", "20", "--readme", str(readme), *tiny]
     env = dict(__import__("os").environ, OMP_NUM_THREADS="1")
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -199,5 +201,31 @@ def test_reproduce_demo_end_to_end_and_resumable(tmp_path):
     assert "| iconet |" in table and "| bicubic |" in table
     steps = sorted(p.name for p in (tmp_path / "out" / "steps").glob("*.done"))
     assert steps == ["evaluate.done", "infer_bicubic.done", "infer_iconet.done", "train_iconet.done"]
+    written = readme.read_text()
+    assert "old table" not in written and written.endswith("<!-- /reproduce:demo -->\n\nText after.\n")
+    block = written.split("<!-- reproduce:demo -->\n")[1].split("<!-- /reproduce:demo -->")[0]
+    rows = [line for line in block.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r.split("|")[1].strip() for r in rows] == ["bicubic", "iconet"]  # one row per method
+    for row in rows:  # the same rows as the evaluation's own table
+        assert row in table
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert second.returncode == 0 and second.stdout.count("done before, skipped") == 4
+    assert readme.read_text() == written  # the rerun writes the same table
+
+
+def test_reproduce_readme_needs_its_markers(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce_script", ROOT / "scripts" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers here\n")
+    with pytest.raises(SystemExit, match="reproduce:demo"):
+        module.write_readme_table(readme, "demo", "| method | acquisition |\n|---|---|\n| a | all |\n")
+    assert readme.read_text() == "no markers here\n"
+    table = ("| method | acquisition | PSNR (dB) |\n|---|---|---|\n| a | AXT1 | 20 |\n| a | AXT2 | 22 |\n"
+             "| a | all | 21 |\n| b | AXT1 | 19 |\n| b | all | 19 |\n")
+    assert module.pooled_rows(table).splitlines()[2:] == ["| a | all | 21 |", "| b | all | 19 |"]
+    single = "| method | acquisition | PSNR (dB) |\n|---|---|---|\n| a | AXT1 | 20 |\n"
+    assert module.pooled_rows(single).splitlines()[2:] == ["| a | AXT1 | 20 |"]  # one acquisition: its rows
