@@ -1,4 +1,5 @@
-"""Callbacks: a ModelCheckpoint whose ``last.ckpt`` always holds the newest weights.
+"""Callbacks: a ModelCheckpoint whose ``last.ckpt`` always holds the newest weights, and
+:class:`CpuThreads`, which sizes torch's CPU threads to the load of other processes.
 
 Lightning 2.6 refreshes ``last.ckpt`` only at its checkpoint events, which
 come with validation: with ``check_val_every_n_epoch: 25`` and ``max_steps``,
@@ -26,10 +27,13 @@ import signal
 from typing import Any, Optional
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_info
 
-__all__ = ["IconetCheckpoint"]
+from . import machine_load
+
+__all__ = ["CpuThreads", "IconetCheckpoint"]
 
 
 class IconetCheckpoint(ModelCheckpoint):
@@ -109,3 +113,38 @@ class IconetCheckpoint(ModelCheckpoint):
         if self._previous_sigusr1 is not None:
             signal.signal(signal.SIGUSR1, self._previous_sigusr1)
             self._previous_sigusr1 = None
+
+
+class CpuThreads(pl.Callback):
+    """Re-size torch's CPU threads after each training epoch to the cores other processes left free.
+
+    The CLI adds it for CPU runs without data-loader workers and without
+    ``OMP_NUM_THREADS``. Over each epoch it measures the CPU time the whole
+    machine spent outside this process (``/proc/stat``), in cores, and sets
+    ``threads_for(cores, 0, busy)`` threads; a change is logged. An epoch-long
+    average, so a short burst of other work does not flip it.
+
+    Args:
+        cores: the cores this process may use.
+    """
+
+    def __init__(self, cores: int) -> None:
+        self.cores = cores
+        self._start: Any = None
+        self.history: list = []
+
+    def on_train_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._start = machine_load.cpu_sample()
+
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        busy = machine_load.foreign_load(self._start, min_window_s=0.0)
+        if busy is None:
+            return
+        threads = machine_load.threads_for(self.cores, 0, busy)
+        self.history.append((trainer.current_epoch, busy, threads))
+        if threads != torch.get_num_threads():
+            rank_zero_info(
+                f"[iconet-fastmri] CPU: other processes kept {busy:.1f} of {self.cores} core(s) busy in epoch "
+                f"{trainer.current_epoch}: torch now uses {threads} thread(s) (was {torch.get_num_threads()})"
+            )
+            torch.set_num_threads(threads)

@@ -54,7 +54,8 @@ from jsonargparse import Namespace
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_info
 
-from .callbacks import IconetCheckpoint
+from .callbacks import CpuThreads, IconetCheckpoint
+from .machine_load import available_cores, cpu_sample, foreign_load, threads_for
 from .checkpoints import load_checkpoint
 from .models import MODELS, registered_name
 from .predictions import PredictionWriter
@@ -129,16 +130,29 @@ class IconetCLI(LightningCLI):
             config["weights_only"] = True
         if self.subcommand == "fit" and config.get("checkpoint") is not None and not config.get("ckpt_path"):
             claim_checkpoint_dir(Path(config["checkpoint"]["dirpath"]), bool(config.get("overwrite")))
-        size_cpu_threads(config)
+        self._cpu_threads = size_cpu_threads(config)
+        self._cpu_workers = int(config.get("data.num_workers") or 0)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        trainer = super().instantiate_trainer(**kwargs)
+        if getattr(self, "_cpu_threads", None) is not None and not os.environ.get("OMP_NUM_THREADS"):
+            # Data-loader workers' CPU would count as "other processes": only without workers.
+            if self._cpu_workers == 0:
+                trainer.callbacks.append(CpuThreads(available_cores()))
+        return trainer
 
 
 def size_cpu_threads(config: Any) -> Optional[int]:
-    """On the CPU, give torch the cores the data-loader workers leave (``cores - num_workers``, at least 1).
+    """On the CPU, give torch the cores the data-loader workers and other processes leave.
 
-    A worker process next to a torch process using every core oversubscribes
-    the machine; OpenMP threads then spin against each other (one ICONet step
-    4x slower on 2 cores in our measurement). ``OMP_NUM_THREADS``, when set,
-    wins. Says what it chose; returns the thread count (``None``: not the CPU).
+    ``cores - num_workers - (cores other processes kept busy over 0.3 s)``, at
+    least 1 (:func:`threads_for`). A worker process or another program next to
+    a torch process using every core oversubscribes the machine; OpenMP threads
+    then spin against each other (one ICONet step 4x slower on 2 cores in our
+    measurement). During training :class:`~iconet_fastmri.callbacks.CpuThreads`
+    re-measures the other processes' load over each epoch and adjusts.
+    ``OMP_NUM_THREADS``, when set, wins. Says what it chose; returns the thread
+    count (``None``: not the CPU).
     """
     accelerator = str(config.get("trainer.accelerator") or "auto")
     if accelerator in ("gpu", "cuda", "mps") or (accelerator == "auto" and torch.cuda.is_available()):
@@ -147,13 +161,14 @@ def size_cpu_threads(config: Any) -> Optional[int]:
         threads = torch.get_num_threads()
         rank_zero_info(f"[iconet-fastmri] CPU: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}: torch uses {threads} thread(s)")
         return threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     workers = int(config.get("data.num_workers") or 0)
-    threads = max(1, cores - workers)
+    busy = foreign_load(cpu_sample(), min_window_s=0.3) or 0.0
+    threads = threads_for(cores, workers, busy)
     torch.set_num_threads(threads)
     rank_zero_info(
-        f"[iconet-fastmri] CPU: {cores} core(s), {workers} data-loader worker(s): torch uses {threads} "
-        f"thread(s) (set OMP_NUM_THREADS to choose)"
+        f"[iconet-fastmri] CPU: {cores} core(s), {workers} data-loader worker(s), other processes busy on "
+        f"{busy:.1f} core(s): torch uses {threads} thread(s) (set OMP_NUM_THREADS to choose)"
     )
     return threads
 

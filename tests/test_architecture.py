@@ -19,6 +19,7 @@ LAYERS = {
     "registry": 0,
     "io": 0,
     "checkpoints": 0,
+    "machine_load": 0,
     "physics": 1,
     "data": 2,
     "demo": 2,

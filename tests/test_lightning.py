@@ -280,9 +280,12 @@ def test_cpu_threads_are_sized_to_the_cores_left_by_workers(monkeypatch):
 
     from iconet_fastmri.cli import size_cpu_threads
 
+    import iconet_fastmri.cli as cli
+
     before = torch.get_num_threads()
     cores = len(os.sched_getaffinity(0))
     config = Namespace(trainer=Namespace(accelerator="cpu"), data=Namespace(num_workers=1))
+    monkeypatch.setattr(cli, "foreign_load", lambda start, min_window_s: 0.0)  # a quiet machine
     try:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         assert size_cpu_threads(config) == max(1, cores - 1) == torch.get_num_threads()
@@ -292,6 +295,60 @@ def test_cpu_threads_are_sized_to_the_cores_left_by_workers(monkeypatch):
         torch.set_num_threads(1)
         assert size_cpu_threads(config) == 1  # the user's choice wins
         assert size_cpu_threads(Namespace(trainer=Namespace(accelerator="gpu"), data=config.data)) is None
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cpu_threads_leave_the_cores_other_processes_use(monkeypatch):
+    """Another busy process takes a core from torch, at start-up and after each epoch."""
+    from jsonargparse import Namespace
+
+    import iconet_fastmri.cli as cli
+    import iconet_fastmri.machine_load as machine_load
+    from iconet_fastmri.callbacks import CpuThreads
+
+    assert cli.threads_for(2, 0, 0.0) == 2 and cli.threads_for(2, 0, 1.0) == 1 and cli.threads_for(2, 1, 1.0) == 1
+    assert cli.threads_for(8, 1, 2.4) == 5 and cli.threads_for(2, 0, 0.4) == 2 and cli.threads_for(1, 0, 3.0) == 1
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    config = Namespace(trainer=Namespace(accelerator="cpu"), data=Namespace(num_workers=0))
+    try:
+        monkeypatch.setattr(cli, "foreign_load", lambda start, min_window_s: 1.0)
+        assert cli.size_cpu_threads(config) == max(1, len(os.sched_getaffinity(0)) - 1)
+        # The callback: one busy core in an epoch -> 1 thread of 2; quiet again -> 2.
+        torch.set_num_threads(2)
+        loads = iter([1.0, 0.1])
+        monkeypatch.setattr(machine_load, "foreign_load", lambda start, min_window_s: next(loads))
+        callback = CpuThreads(2)
+        trainer = Namespace(current_epoch=0)
+        callback.on_train_epoch_start(trainer, None)
+        callback.on_train_epoch_end(trainer, None)
+        assert torch.get_num_threads() == 1
+        trainer.current_epoch = 1
+        callback.on_train_epoch_start(trainer, None)
+        callback.on_train_epoch_end(trainer, None)
+        assert torch.get_num_threads() == 2 and callback.history == [(0, 1.0, 1), (1, 0.1, 2)]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cli_adds_the_cpu_thread_callback_only_without_workers(tiny_data, tmp_path, monkeypatch):
+    from iconet_fastmri.callbacks import CpuThreads
+    from iconet_fastmri.cli import IconetCLI
+    from iconet_fastmri.pl_modules import IconetModule
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        found = {}
+        for workers in (0, 1):
+            cli = IconetCLI(IconetModule, IconetDataModule, run=False, args=[
+                "--config", str(ROOT / "configs" / "demo.yaml"), "--data.demo", "false",
+                "--data.data_path", str(tiny_data), "--data.hr_crop", "[32, 32]",
+                "--data.num_workers", str(workers), "--trainer.default_root_dir", str(tmp_path / str(workers)),
+                "--trainer.logger", "false"])
+            found[workers] = any(isinstance(c, CpuThreads) for c in cli.trainer.callbacks)
+        assert found == {0: True, 1: False}
     finally:
         torch.set_num_threads(before)
 

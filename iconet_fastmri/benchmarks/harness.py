@@ -25,6 +25,8 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from ..machine_load import cpu_sample, foreign_load  # noqa: F401  (re-exported for the sections)
+
 # ----------------------------------------------------------------------------- profiles
 # Sizes per mode. "full" are the fastMRI sizes; "quick" keeps every section under
 # 2 minutes on a 2-core CPU; "tiny" (hidden flag, CI) runs in a few seconds per section.
@@ -160,37 +162,6 @@ def loadavg() -> Optional[List[float]]:
         return [float(v) for v in open("/proc/loadavg").read().split()[:3]]
     except (OSError, ValueError):
         return None
-
-
-def cpu_sample() -> Optional[Tuple[float, float, float]]:
-    """(busy CPU seconds of the whole machine, CPU seconds of this process, wall time)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    # user nice system idle iowait irq softirq steal (guest time is already in user)
-    busy = sum(fields[:8]) - fields[3] - (fields[4] if len(fields) > 4 else 0)
-    own = os.times()
-    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.monotonic()
-
-
-def foreign_load(
-    start: Optional[Tuple[float, float, float]], min_window_s: float = 0.5
-) -> Optional[float]:
-    """CPU cores kept busy by other processes since ``start`` (a noise indicator).
-
-    /proc/stat counts in clock ticks (10 ms), so a window shorter than
-    ``min_window_s`` is extended by sleeping (then it also covers a moment after).
-    """
-    if start is not None:
-        short = min_window_s - (time.monotonic() - start[2])
-        if short > 0:
-            time.sleep(short)
-    end = cpu_sample()
-    if start is None or end is None or end[2] - start[2] <= 0:
-        return None
-    return max(0.0, ((end[0] - start[0]) - (end[1] - start[1])) / (end[2] - start[2]))
 
 
 def wait_for_quiet(
