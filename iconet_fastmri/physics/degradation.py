@@ -35,7 +35,8 @@ are page-faulted in on first touch, which costs about as much as the FFT),
 writing into whole-batch LR buffers; the LR part then runs once for the whole
 batch (no per-chunk calls, no concatenation). The RSS avoids the slow
 reduction over the (real, imag) axis. Odd grids take the exact general path
-through :func:`fft2c`.
+through :func:`fft2c`, on the whole batch at once (no chunking: fastMRI's
+grids are even, so that path is rare and was left simple).
 """
 
 from __future__ import annotations
