@@ -12,9 +12,15 @@ What the CLI adds to Lightning's:
 * the network is injected: ``model.model`` takes any registered model by
   ``class_path``/``init_args`` (``--model.model ICONet --model.model.init_args.width 32``;
   ``--model.model.help ICONet`` lists its arguments);
-* the acquisition model lives under ``data``: ``data.scale`` is linked to the
-  network's ``scale``, and ``data.noise_std`` / ``data.kspace_steps`` to the
-  Lightning module (set each once), and ``model.mode`` sets the network's ``in_chans``;
+* the acquisition model lives under ``data`` (``scale``, ``mask``, ``noise_std``,
+  ``kspace_steps``): the data module builds the one
+  :class:`~iconet_fastmri.physics.acquisition.Acquisition`, which is handed to
+  the Lightning module as an object (``model.acquisition``, not a setting of its
+  own); ``data.scale`` fills the network's ``scale`` argument and ``model.mode``
+  its ``in_chans``;
+* what a run reports are callbacks: ``--volume_metrics.path val.json`` (per-volume
+  metrics as JSON), ``--panels.num_images`` (TensorBoard panels) and the end-of-fit
+  summary (:mod:`iconet_fastmri.reports`);
 * a checkpoint callback (``checkpoint.*``, :class:`~iconet_fastmri.callbacks.IconetCheckpoint`)
   keeping the best ``val/psnr`` and an always-current ``last.ckpt`` in a fixed
   folder, so ``--ckpt_path last`` resumes;
@@ -59,9 +65,14 @@ from .machine_load import available_cores, cpu_sample, foreign_load, threads_for
 from .checkpoints import load_checkpoint
 from .models import MODELS, registered_name
 from .predictions import PredictionWriter
+from .reports import FitSummary, ValidationPanels, VolumeMetricsFile
 from .pl_modules import IconetDataModule, IconetModule
 
 __all__ = ["IconetCLI", "main"]
+
+
+def _acquisition_of(data: IconetDataModule):
+    return data.acquisition
 
 
 def mode_channels(mode: str) -> int:
@@ -72,11 +83,14 @@ def mode_channels(mode: str) -> int:
 class IconetCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.scale", "model.model.init_args.scale")
-        parser.link_arguments("data.noise_std", "model.noise_std")
-        parser.link_arguments("data.kspace_steps", "model.kspace_steps")
         parser.link_arguments("model.mode", "model.model.init_args.in_chans", compute_fn=mode_channels)
+        # The data module's Acquisition object itself, not a copy of its settings.
+        parser.link_arguments("data", "model.acquisition", apply_on="instantiate", compute_fn=_acquisition_of)
         parser.add_lightning_class_args(IconetCheckpoint, "checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        parser.add_lightning_class_args(VolumeMetricsFile, "volume_metrics")
+        parser.add_lightning_class_args(ValidationPanels, "panels")
+        parser.add_lightning_class_args(FitSummary, "summary")
         self.add_run_arguments(parser)
         parser.set_defaults(
             {

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 
 from .data.transforms import IconetDataTransform
-from .physics.degradation import KSpaceDegradation
+from .physics.acquisition import Acquisition
 from .evaluation import load_prediction, load_target_volume
 from .physics.masks import MaskConfig
 
@@ -24,9 +24,10 @@ def lr_input_for(
     raw_file = Path(raw_file)
     with h5py.File(raw_file, "r") as f:
         kspace = f["kspace"][slice_num]
-    transform = IconetDataTransform(scale, mask.build(), tuple(hr_crop), use_seed=True, pad_if_smaller=pad_if_smaller)
+    acquisition = Acquisition(scale, mask)
+    transform = IconetDataTransform(acquisition, tuple(hr_crop), use_seed=True, pad_if_smaller=pad_if_smaller)
     sample = transform(kspace, None, None, {}, raw_file.name, slice_num)
-    deg = KSpaceDegradation(scale)(sample.hr_images[None], sample.mask[None])
+    deg = acquisition.simulate(sample.hr_images[None], sample.mask[None])
     return deg.lr_input[0, 0].numpy()
 
 

@@ -40,6 +40,7 @@ from .data.dataset import IconetSliceDataset
 from .data.splits import PartFilter, check_test_fraction
 from .data.transforms import IconetDataTransform
 from .models import build_model, model_from_spec
+from .physics.acquisition import Acquisition
 from .physics.masks import MaskConfig
 from .pl_modules.iconet_module import IconetModule
 from .predictions import (
@@ -96,16 +97,26 @@ def load_method(
             f"checkpoint {checkpoint} was trained at scale {model.scale}; a model cannot "
             f"run at scale {scale}"
         )
+    data = dict(ckpt.get("IconetDataModule") or {})
+    acquisition = Acquisition.from_spec(_acquisition_spec(hparams, data, model.scale), where=f"checkpoint {checkpoint}")
     # Only the module's own settings are taken, and never a path or a compile request.
-    accepted = set(inspect.signature(IconetModule.__init__).parameters) - {"self", "model"}
+    accepted = set(inspect.signature(IconetModule.__init__).parameters) - {"self", "model", "acquisition"}
     settings = {k: v for k, v in hparams.items() if k in accepted}
-    settings.update(compile=False, volume_metrics_file=None)
-    module = IconetModule(model=model, **settings)
+    settings.update(compile=False)
+    module = IconetModule(model=model, acquisition=acquisition, **settings)
     missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {checkpoint} does not match its architecture: missing {missing}, unexpected {unexpected}")
-    data = dict(ckpt.get("IconetDataModule") or {})
     return module.eval(), data, module.method_name
+
+
+def _acquisition_spec(hparams: Dict[str, Any], data: Dict[str, Any], scale: int) -> Dict[str, Any]:
+    """The training run's acquisition: ``hparams["acquisition"]``, or, in older checkpoints, its scattered parts."""
+    spec = hparams.get("acquisition")
+    if isinstance(spec, dict):
+        return spec
+    return {"scale": scale, "mask": data.get("mask"), "noise_std": hparams.get("noise_std", 0.0),
+            "kspace_steps": hparams.get("kspace_steps") or []}
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
@@ -156,16 +167,18 @@ def run_inference(
     module, trained, method = load_method(checkpoint, baseline, scale)
     scale = int(scale if scale is not None else trained.get("scale", module.scale))
     challenge = challenge or trained.get("challenge") or "singlecoil"
-    if mask is None:
-        mask = MaskConfig(**trained["mask"]) if "mask" in trained else MaskConfig()
+    if mask is None:  # the checkpoint's mask (registered names only: Acquisition.from_spec), else the default
+        mask = module.acquisition.mask or MaskConfig()
     hr = tuple(hr_crop or trained.get("hr_crop") or (320, 320))
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     module = module.to(device)
 
     pad = bool(trained.get("pad_if_smaller", False)) if pad_if_smaller is None else pad_if_smaller
     seed_rule = mask_seed_rule or trained.get("mask_seed_rule") or "slice"
+    if mask is not module.acquisition.mask:
+        module.acquisition = module.acquisition.with_mask(mask)
     transform = IconetDataTransform(
-        scale, mask.build(), hr, use_seed=True, pad_if_smaller=pad, mask_seed_rule=seed_rule
+        module.acquisition, hr, use_seed=True, pad_if_smaller=pad, mask_seed_rule=seed_rule
     )
     fraction = check_test_fraction(test_fraction if test_fraction is not None else trained.get("test_fraction"))
     if part is not None and fraction is None:
@@ -192,8 +205,7 @@ def run_inference(
     with torch.inference_mode():
         for batch in _progress(loader, len(loader), f"{method} x{scale}", progress):
             batch = batch._replace(hr_images=batch.hr_images.to(device), mask=batch.mask.to(device))
-            deg = module.degrade(batch)
-            sr = module.magnitude(module(deg).sr)[:, 0].float().cpu().numpy()
+            sr = module.reconstruct(batch).float().cpu().numpy()
             assembler.add_batch(batch.fname, batch.slice_num, sr, batch.mask)
     written = assembler.finish()
     return written

@@ -3,8 +3,8 @@
     L = Σ_k  λ_sr · L1(sr_k, stage_targets[k])  +  λ_rec · L1(rec_k, rec_targets[k])
 
 * Targets are magnitude images ``(B, 1, ·, ·)`` cut from the HR k-space by
-  :class:`~iconet_fastmri.physics.degradation.KSpaceDegradation`
-  (``Degraded.stage_targets`` and ``Degraded.rec_targets``).
+  the acquisition (``Degraded.stage_targets`` and ``Degraded.rec_targets``),
+  or complex (real, imag) targets for the phase-aware term.
 * Complex-mode predictions ``(B, 2, ·, ·)`` (real, imag) are compared through
   their magnitude ``sqrt(re² + im² + eps)`` (the eps keeps the gradient finite
   at exact zeros).
@@ -22,13 +22,12 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .physics.degradation import Degraded
 from .models.common import SROutput, magnitude
 
 __all__ = ["MultiStageLoss", "SUPERVISE_MODES"]
@@ -67,10 +66,10 @@ class MultiStageLoss(nn.Module):
         normalize: use the prediction's per-slice scale when it has one (see module doc).
         eps: epsilon inside the complex magnitude's square root.
 
-    Call as ``loss(output, degraded)`` with an :class:`SROutput` and a
-    :class:`Degraded`, or as
-    ``loss(sr_stages, rec_stages, sr_targets, rec_targets, norm_scale=None)``
-    with lists of ``(B, C, H, W)`` tensors.
+    Call as ``loss(output, sr_targets, rec_targets)``: an :class:`SROutput`
+    (its ``sr_stages``, or ``[sr]``, its ``rec_stages`` and its ``norm_scale``)
+    and the target lists, e.g. ``deg.stage_targets`` and ``deg.rec_targets``
+    of a :class:`~iconet_fastmri.physics.degradation.Degraded`.
 
     Returns:
         ``(total, terms)``: the scalar loss and a dict of detached scalars for
@@ -102,33 +101,18 @@ class MultiStageLoss(nn.Module):
 
     def forward(
         self,
-        output: Union[SROutput, Sequence[torch.Tensor]],
-        degraded: Union[Degraded, Sequence[torch.Tensor], None] = None,
-        sr_targets: Optional[Sequence[torch.Tensor]] = None,
-        rec_targets: Optional[Sequence[torch.Tensor]] = None,
-        norm_scale: Optional[torch.Tensor] = None,
+        output: SROutput,
+        sr_targets: Sequence[torch.Tensor],
+        rec_targets: Sequence[torch.Tensor],
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """Compute the loss; see the class docstring for the two call forms."""
-        if isinstance(output, SROutput):
-            if not isinstance(degraded, Degraded):
-                raise TypeError("loss(output: SROutput, degraded: Degraded) expects a Degraded")
-            sr_stages: Sequence[torch.Tensor] = output.sr_stages or [output.sr]
-            rec_stages: Sequence[torch.Tensor] = output.rec_stages
-            sr_targets = degraded.stage_targets
-            rec_targets = degraded.rec_targets
-            norm_scale = output.norm_scale
-        else:
-            if degraded is None or sr_targets is None or rec_targets is None:
-                raise TypeError(
-                    "loss(sr_stages, rec_stages, sr_targets, rec_targets) needs all four lists"
-                )
-            sr_stages = list(output)
-            rec_stages = list(degraded)  # type: ignore[arg-type]
+        """Compute the loss of ``output`` against the targets (see the class docstring)."""
+        if not isinstance(output, SROutput):
+            raise TypeError(f"loss(output, sr_targets, rec_targets) expects an SROutput, got {type(output).__name__}")
+        sr_stages: Sequence[torch.Tensor] = output.sr_stages or [output.sr]
         if not sr_stages:
             raise ValueError("no SR predictions to supervise")
-        if not self.normalize:
-            norm_scale = None
-        return self._compute(sr_stages, rec_stages, sr_targets, rec_targets, norm_scale)
+        norm_scale = output.norm_scale if self.normalize else None
+        return self._compute(sr_stages, output.rec_stages, sr_targets, rec_targets, norm_scale)
 
     def _l1(
         self, pred: torch.Tensor, target: torch.Tensor, norm_scale: Optional[torch.Tensor]

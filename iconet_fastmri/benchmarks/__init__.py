@@ -8,7 +8,7 @@ inference) report absolute numbers.
 
 * :mod:`.harness`: timing, peak memory, time budgets, machine-load detection, size profiles.
 * :mod:`.kspace`: ``fft`` (centred FFTs vs ``fastmri.fft2c``) and ``degradation``
-  (batched ``KSpaceDegradation`` vs per-sample fastMRI transforms), slices/s.
+  (batched ``Acquisition.simulate`` vs per-sample fastMRI transforms), slices/s.
 * :mod:`.model`: ``model`` (ICONet slices/s, FLOPs per slice) and ``memory`` (peak
   memory per case, ours next to fastMRI's).
 * :mod:`.inference`: ``inference`` (the shipped ``run_inference``, HDF5 -> saved

@@ -5,7 +5,7 @@
 
 1. **Numerics, CUDA vs CPU on the same inputs.** ``fft2c`` / ``ifft2c``; the
    degradation, single- and 15-coil, x2 and x4, every tensor of ``Degraded``;
-   masks drawn on the device (``KSpaceDegradation`` with a mask function);
+   masks drawn on the device (``Acquisition.simulate`` with a mask function);
    ICONet's forward in fp32. Tolerances: relative max-abs error 1e-5 for the
    FFTs and the degradation (float32 rounding of two FFT libraries), 1e-4 for
    the network in strict fp32 (TF32 off: cuDNN algorithms differ only in
@@ -60,7 +60,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def numerics_checks(device: str, tiny: bool) -> List[Dict[str, Any]]:
     """Compare ``device`` with the CPU on the same inputs; one row per compared tensor."""
     from iconet_fastmri.models import ICONet
-    from iconet_fastmri.physics.degradation import KSpaceDegradation
+    from iconet_fastmri.physics.acquisition import Acquisition
     from iconet_fastmri.physics.fft import fft2c, ifft2c
     from iconet_fastmri.physics.masks import create_mask
 
@@ -82,8 +82,8 @@ def numerics_checks(device: str, tiny: bool) -> List[Dict[str, Any]]:
         for scale in (2, 4):
             x = torch.randn(2, coils, hr, hr, dtype=torch.complex64, generator=g)
             mask = (torch.rand(2, 1, hr // scale, hr // scale, generator=g) > 0.5).float()
-            ours = KSpaceDegradation(scale)(x.to(device), mask.to(device))
-            ref = KSpaceDegradation(scale)(x, mask)
+            ours = Acquisition(scale)(x.to(device), mask.to(device))
+            ref = Acquisition(scale)(x, mask)
             for name in ("hr_target", "lr_kspace", "lr_clean", "lr_observed", "lr_input",
                          "lr_input_complex", "lr_clean_complex"):
                 a, b = getattr(ours, name), getattr(ref, name)
@@ -95,8 +95,8 @@ def numerics_checks(device: str, tiny: bool) -> List[Dict[str, Any]]:
     func_a = create_mask("random", accelerations=[4], seed=5)
     func_b = create_mask("random", accelerations=[4], seed=5)
     x = torch.randn(3, 1, hr, hr, dtype=torch.complex64, generator=g)
-    ours = KSpaceDegradation(2, mask_func=func_a)(x.to(device))
-    ref = KSpaceDegradation(2, mask_func=func_b)(x)
+    ours = Acquisition(2, mask=func_a)(x.to(device))
+    ref = Acquisition(2, mask=func_b)(x)
     row("masks drawn for a batch", "mask", ours.mask, ref.mask, 0.0)
     torch.manual_seed(0)
     model = ICONet(scale=2, width=8 if tiny else 64, blocks_per_stage=1 if tiny else 4).eval()

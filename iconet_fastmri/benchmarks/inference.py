@@ -177,7 +177,7 @@ def _inference_case(
         hr = torch.zeros(batch, 1, R, R, dtype=torch.complex64, device=b.device)
         hr[..., R // 2, R // 2] = 1
         mask = torch.ones(batch, 1, R // scale, R // scale, device=b.device)
-        module.magnitude(module(module.degradation(hr, mask)).sr)
+        module.magnitude(module(module.model_input(module.acquisition.simulate(hr, mask))).sr)
         b.sync()
     del module, hr, mask
     estimate = (time.perf_counter() - t) * S / batch * 1.3

@@ -2,7 +2,7 @@
 
 ``fft`` times :func:`iconet_fastmri.physics.fft.fft2c` / ``ifft2c`` against
 ``fastmri.fft2c`` / ``ifft2c`` and an unshifted ``torch.fft`` floor;
-``degradation`` times :class:`~iconet_fastmri.physics.degradation.KSpaceDegradation`
+``degradation`` times :meth:`~iconet_fastmri.physics.acquisition.Acquisition.simulate`
 against a per-sample reference built from fastMRI's transforms. Both check
 that the compared outputs agree.
 """
@@ -130,7 +130,7 @@ def fastmri_masks(mask_func: Any, batch: int, lr: Tuple[int, int], seeds: Sequen
 
 
 def section_degradation(b: Bench) -> Dict[str, Any]:
-    """Batched ``KSpaceDegradation`` vs the per-sample fastMRI reference vs its own FFTs alone."""
+    """Batched ``Acquisition.simulate`` vs the per-sample fastMRI reference vs its own FFTs alone."""
     torch = b.torch
     p = b.profile
     repeats = b.args.repeats or p["deg_repeats"]
@@ -163,7 +163,7 @@ def _degradation_case(b: Bench, x: Any, scale: int, repeats: int) -> Dict[str, A
     from fastmri.data import transforms as T
     from fastmri.data.subsample import RandomMaskFunc
 
-    from iconet_fastmri.physics.degradation import KSpaceDegradation
+    from iconet_fastmri.physics.acquisition import Acquisition
 
     B, coils, Hr = x.shape[0], x.shape[1], x.shape[-1]
     lr = (Hr // scale, Hr // scale)
@@ -172,7 +172,7 @@ def _degradation_case(b: Bench, x: Any, scale: int, repeats: int) -> Dict[str, A
     mask = fastmri_masks(mask_func, B, lr, seeds).to(b.device)
     if b.cuda:
         mask_func = OnDevice(mask_func, b.device)
-    deg = KSpaceDegradation(scale)
+    deg = Acquisition(scale)
     label = f"{coils}-coil x{scale}"
     diffs = _degradation_diffs(
         b, label, deg(x, mask), fastmri_reference(fastmri, T, x, scale, mask_func, seeds)
@@ -221,7 +221,7 @@ def _degradation_case(b: Bench, x: Any, scale: int, repeats: int) -> Dict[str, A
 
 
 def _degradation_diffs(b: Bench, label: str, ours: Any, ref: List[Any]) -> Dict[str, Any]:
-    """Compare every output of ``KSpaceDegradation`` with the stacked per-sample reference."""
+    """Compare every output of ``Acquisition.simulate`` with the stacked per-sample reference."""
     torch = b.torch
 
     def stack(k: int) -> Any:

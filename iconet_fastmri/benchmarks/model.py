@@ -314,7 +314,7 @@ def _memory_degradation(b: Bench, rows: List[Dict[str, Any]]) -> None:
     from fastmri.data import transforms as T
     from fastmri.data.subsample import RandomMaskFunc
 
-    from iconet_fastmri.physics.degradation import KSpaceDegradation
+    from iconet_fastmri.physics.acquisition import Acquisition
 
     B, C, Hr, scale = b.profile["mem_deg"]
     x = torch.randn(B, C, Hr, Hr, dtype=torch.complex64).to(b.device)
@@ -324,7 +324,7 @@ def _memory_degradation(b: Bench, rows: List[Dict[str, Any]]) -> None:
     mask = fastmri_masks(mask_func, B, lr, seeds).to(b.device)
     if b.cuda:
         mask_func = OnDevice(mask_func, b.device)
-    deg = KSpaceDegradation(scale)
+    deg = Acquisition(scale)
     info = {"shape": [B, C, Hr, Hr], "scale": scale, "input_mib": x.numel() * 8 / 2**20}
     _measure(b, rows, "degradation ours (batched)", lambda: deg(x, mask), **info)
     _measure(

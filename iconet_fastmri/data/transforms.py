@@ -1,8 +1,8 @@
 """Per-slice CPU transform for :class:`fastmri.data.SliceDataset`.
 
 It turns one raw fastMRI slice into a fixed-size, batchable sample; the
-FFT-heavy degradation then runs batched on the device
-(:class:`iconet_fastmri.physics.degradation.KSpaceDegradation`).
+FFT-heavy simulation then runs batched on the device
+(:meth:`iconet_fastmri.physics.acquisition.Acquisition.simulate`).
 
 Steps (per slice, in a data loader worker):
 
@@ -13,7 +13,8 @@ Steps (per slice, in a data loader worker):
    files' ``reconstruction_esc`` / ``reconstruction_rss`` are defined; the
    RSS of these images is the HR target;
 4. optionally (training) a random HR patch aligned to the scale;
-5. draw the undersampling mask on the LR grid ``(H/s, W/s)``: with the seed
+5. draw the undersampling mask on the LR grid ``(H/s, W/s)`` with the run's
+   :class:`~iconet_fastmri.physics.acquisition.Acquisition`: with the seed
    :func:`iconet_fastmri.physics.masks.mask_seed` ``(fname, slice)`` when
    ``use_seed`` (validation/test: identical every epoch, run and rank), or
    from the mask function's RNG (training).
@@ -21,12 +22,13 @@ Steps (per slice, in a data loader worker):
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from ..physics.operators import lr_shape_for, rss
+from ..physics.acquisition import Acquisition
+from ..physics.operators import rss
 from ..physics.fft import ifft2c
 from ..physics.masks import MASK_SEED_RULES, eval_mask_seed
 
@@ -156,9 +158,8 @@ class IconetDataTransform:
     """``transform`` for :class:`fastmri.data.SliceDataset` producing :class:`IconetSample`.
 
     Args:
-        scale: super-resolution factor s (the mask is drawn on ``hr_crop / s``).
-        mask_func: mask function from :func:`iconet_fastmri.physics.masks.create_mask`
-            (``None``: fully sampled LR k-space).
+        acquisition: the run's acquisition model; its scale gives the LR grid
+            ``hr_crop / s`` and its mask generator draws the masks there.
         hr_crop: HR grid ``(H, W)``; fastMRI's reconstructions are 320x320.
         use_seed: draw masks with the per-(file, slice) seed (validation/test).
         patch_size: optional random HR patch ``(ph, pw)`` cut from the HR grid
@@ -175,8 +176,7 @@ class IconetDataTransform:
 
     def __init__(
         self,
-        scale: int,
-        mask_func: Optional[Callable] = None,
+        acquisition: Acquisition,
         hr_crop: Sequence[int] = (320, 320),
         use_seed: bool = True,
         patch_size: Optional[Sequence[int]] = None,
@@ -188,15 +188,17 @@ class IconetDataTransform:
             raise ValueError(f"unknown mask_seed_rule {mask_seed_rule!r}; choose one of {MASK_SEED_RULES}")
         self.mask_seed_rule = mask_seed_rule
         self.pad_if_smaller = pad_if_smaller
+        if not isinstance(acquisition, Acquisition):
+            raise TypeError(f"IconetDataTransform needs an Acquisition, got {type(acquisition).__name__}")
+        self.acquisition = acquisition
         self.hr_crop = (int(hr_crop[0]), int(hr_crop[1]))
-        self.lr_shape = lr_shape_for(self.hr_crop, scale)
-        self.scale = int(scale)
-        self.mask_func = mask_func
+        self.lr_shape = acquisition.lr_shape(self.hr_crop)
+        self.scale = acquisition.scale
         self.use_seed = use_seed
         self.patch_size: Optional[Tuple[int, int]] = None
         if patch_size is not None:
             ph, pw = int(patch_size[0]), int(patch_size[1])
-            lr_shape_for((ph, pw), scale)
+            acquisition.lr_shape((ph, pw))
             if ph > self.hr_crop[0] or pw > self.hr_crop[1]:
                 raise ValueError(f"patch_size {ph}x{pw} is larger than hr_crop {self.hr_crop}")
             self.patch_size = (ph, pw)
@@ -205,8 +207,7 @@ class IconetDataTransform:
     def reseed(self, seed: int) -> None:
         """Reseed the training randomness (mask and patch position) of this worker."""
         self.rng.seed(seed & 0xFFFFFFFF)
-        if self.mask_func is not None and hasattr(self.mask_func, "reseed"):
-            self.mask_func.reseed(seed)
+        self.acquisition.reseed(seed)
 
     def __call__(
         self,
@@ -239,12 +240,8 @@ class IconetDataTransform:
                 target_t = target_t[..., r0 : r0 + ph, c0 : c0 + pw]
             lr_shape = (ph // s, pw // s)
 
-        if self.mask_func is None:
-            lr_mask, num_low = torch.ones(lr_shape), lr_shape[1]
-        else:
-            seed = eval_mask_seed(fname, slice_num, self.mask_seed_rule) if self.use_seed else None
-            lr_mask, num_low = self.mask_func(lr_shape, seed=seed)
-            lr_mask = torch.as_tensor(lr_mask, dtype=torch.float32).expand(*lr_shape)
+        seed = eval_mask_seed(fname, slice_num, self.mask_seed_rule) if self.use_seed else None
+        lr_mask, num_low = self.acquisition.draw_mask(lr_shape, seed=seed)
 
         max_value = float(attrs.get("max", float("nan"))) if attrs else float("nan")
         return IconetSample(

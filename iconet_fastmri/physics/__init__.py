@@ -6,5 +6,6 @@ numpy, fastmri's mask functions and sigpy only, never on the rest of the package
 * :mod:`.fft`: centred orthonormal FFTs on native complex tensors.
 * :mod:`.masks`: the undersampling-mask registry (fastMRI's masks and 2D masks).
 * :mod:`.operators`: scale rules, k-space truncation and its adjoint, RSS, data consistency.
-* :mod:`.degradation`: the batched LR acquisition simulation (:class:`KSpaceDegradation`).
+* :mod:`.degradation`: the LR acquisition model as functions (a readable reference path, a fast path).
+* :mod:`.acquisition`: :class:`~.acquisition.Acquisition`, the one configured acquisition object.
 """

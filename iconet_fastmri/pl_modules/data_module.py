@@ -37,10 +37,9 @@ from ..data.dataset import IconetSliceDataset
 from ..data.transforms import IconetDataTransform
 from ..data.validation import DEFAULT_MAX_SLICE_ELEMENTS
 from ..data.splits import PartFilter, check_test_fraction
-from ..physics.operators import check_scale, lr_shape_for
 from ..data.batching import collate_samples
-from ..physics.degradation import build_kspace_steps
-from ..physics.masks import MaskConfig, check_mask_on_grid, check_patch_on_grid, worker_seed
+from ..physics.acquisition import Acquisition
+from ..physics.masks import MaskConfig, worker_seed
 
 __all__ = ["IconetDataModule"]
 
@@ -92,9 +91,11 @@ class IconetDataModule(pl.LightningDataModule):
         kspace_steps: further acquisition effects, ``[{"name": ..., **options}]``
             (:data:`~iconet_fastmri.physics.degradation.KSPACE_STEPS`).
             ``scale``, ``mask``, ``noise_std`` and ``kspace_steps`` are the
-            acquisition model, set here in one place; the CLI links ``scale`` to
-            the network and ``noise_std`` and ``kspace_steps`` to the Lightning
-            module, which applies them on the device.
+            acquisition model, set here in one place and validated once: they
+            build :attr:`acquisition`
+            (:class:`~iconet_fastmri.physics.acquisition.Acquisition`), the one
+            object that the workers draw masks with and that the CLI hands to
+            the Lightning module, which simulates on the device with it.
         hr_crop: HR grid ``[H, W]`` (fastMRI reconstructions: 320x320).
         patch_size: optional random HR training patch ``[ph, pw]`` (multiples of s). It may be
             smaller than ``hr_crop`` only along axes the mask samples fully (the rows, for
@@ -170,15 +171,8 @@ class IconetDataModule(pl.LightningDataModule):
             raise ValueError(f"challenge must be 'singlecoil' or 'multicoil', got {challenge!r}")
         if test_split not in ("val", "test"):
             raise ValueError(f"test_split must be 'val' or 'test', got {test_split!r}")
-        self.scale = check_scale(scale)
-        if isinstance(mask, dict):
-            mask = MaskConfig(**mask)
-        self.mask = mask
-        if noise_std < 0:
-            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
-        self.noise_std = float(noise_std)
-        self.kspace_steps = [dict(spec) for spec in (kspace_steps or [])]
-        build_kspace_steps(self.kspace_steps)  # unknown names and options fail at start-up
+        self.acquisition = Acquisition(scale, MaskConfig(**mask) if isinstance(mask, dict) else mask,
+                                       noise_std, kspace_steps)
         self.data_path = Path(data_path)
         self.challenge = challenge
         if len(hr_crop) != 2 or min(int(n) for n in hr_crop) < 1:
@@ -187,13 +181,7 @@ class IconetDataModule(pl.LightningDataModule):
         if patch_size is not None and (len(patch_size) != 2 or min(int(n) for n in patch_size) < 1):
             raise ValueError(f"patch_size must be two positive sizes [h, w], got {list(patch_size)}")
         self.patch_size = tuple(int(n) for n in patch_size) if patch_size is not None else None
-        IconetDataTransform(self.scale, None, self.hr_crop, patch_size=self.patch_size)  # size checks
-        mask_func = self.mask.build()
-        for grid in {self.hr_crop, self.patch_size or self.hr_crop}:  # the mask file's shape, the achieved R
-            check_mask_on_grid(mask_func, lr_shape_for(grid, self.scale), self.mask.nominal_acceleration(),
-                               name=f"mask {self.mask.name!r}")
-        if self.patch_size is not None:  # only along fully sampled axes: the aliasing must stay that of a slice
-            check_patch_on_grid(mask_func, self.hr_crop, self.patch_size, self.scale, name=f"mask {self.mask.name!r}")
+        self.acquisition.check_grid(self.hr_crop, self.patch_size)  # sizes, the mask on its grid, the patch
         self.test_fraction = check_test_fraction(test_fraction)
         if self.test_fraction is not None and test_split != "val":
             raise ValueError("test_fraction splits the val folder; it needs test_split: val")
@@ -217,6 +205,14 @@ class IconetDataModule(pl.LightningDataModule):
         self.demo_slices = demo_slices
         self.seed = seed
         self.datasets: dict = {}
+
+    @property
+    def scale(self) -> int:
+        return self.acquisition.scale
+
+    @property
+    def mask(self) -> MaskConfig:
+        return self.acquisition.mask
 
     # ------------------------------------------------------------------ paths
     def split_path(self, split: str) -> Path:
@@ -271,10 +267,10 @@ class IconetDataModule(pl.LightningDataModule):
         if split in self.datasets:
             return self.datasets[split]
         train = split == "train"
-        mask_func = self.mask.build()
+        # Each split's transform gets its own copy: training masks come from its mask RNG,
+        # which data-loader workers reseed; validation masks are seeded per slice.
         transform = IconetDataTransform(
-            self.scale,
-            mask_func,
+            self.acquisition.with_mask(self.acquisition.mask),
             self.hr_crop,
             use_seed=not train,
             patch_size=self.patch_size if train else None,

@@ -1,0 +1,68 @@
+"""What a network is fed: its input image, the coil maps, and what its data consistency needs.
+
+:func:`network_input` turns one simulated batch (:class:`~iconet_fastmri.physics.degradation.Degraded`)
+into a :class:`NetworkInput`. The coil maps are estimated here, on the forward
+path, and travel in the result (the training step hands them to the
+phase-aware loss); nothing is kept between calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from ..physics.degradation import Degraded
+from ..physics.fft import ifft2c
+from ..physics.sense import estimate_maps_rss, sense_combine
+
+__all__ = ["NetworkInput", "network_input"]
+
+
+@dataclass
+class NetworkInput:
+    """One batch as a network takes it.
+
+    Attributes:
+        image: ``(B, 1, h, w)`` magnitude or ``(B, 2, h, w)`` (real, imag) LR image.
+        maps: the coil maps ``(B, C, h, w)`` of complex multi-coil batches, else ``None``.
+        dc: keyword arguments of a network with data consistency
+            (``measured_kspace``, ``mask`` and, for multi-coil data, ``maps``); empty otherwise.
+    """
+
+    image: torch.Tensor
+    maps: Optional[torch.Tensor] = None
+    dc: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def network_input(deg: Degraded, in_chans: int, uses_dc: bool = False,
+                  map_net: Optional[nn.Module] = None) -> NetworkInput:
+    """The network input for ``in_chans`` 1 (magnitude) or 2 (complex).
+
+    Complex mode: the complex LR image as (real, imag) channels. For
+    single-coil data that is the zero-filled LR image; for multi-coil data the
+    SENSE combination ``Σ_c conj(S_c) x_c`` of the zero-filled coil images,
+    with maps from the acquired calibration lines: the RSS estimate
+    (:func:`~iconet_fastmri.physics.sense.estimate_maps_rss`), or ``map_net``'s
+    (:class:`~iconet_fastmri.models.coil_maps.LearnedMaps`) when given. The
+    maps are computed in float32, outside autocast.
+    """
+    maps = None
+    if in_chans == 1:
+        image = deg.lr_input
+    else:
+        z = deg.lr_input_complex
+        if z is None:  # multi-coil
+            with torch.autocast(device_type=deg.lr_observed.device.type, enabled=False):
+                estimate = map_net if map_net is not None else estimate_maps_rss
+                maps = estimate(deg.lr_observed, deg.mask)
+                z = sense_combine(ifft2c(deg.lr_observed), maps)
+        image = torch.cat([z.real, z.imag], dim=1)
+    dc: Dict[str, torch.Tensor] = {}
+    if uses_dc:
+        dc = {"measured_kspace": deg.lr_observed, "mask": deg.mask}
+        if maps is not None:
+            dc["maps"] = maps
+    return NetworkInput(image, maps, dc)

@@ -1,0 +1,132 @@
+"""A generic per-volume MRI Lightning module: validation, test and prediction scored by volume.
+
+fastMRI's ``MriModule`` idea, written for Lightning 2 (fastmri 0.3.0's own
+relies on the removed ``validation_epoch_end`` / ``validation_step_end``
+hooks). A subclass implements :meth:`MriModule.evaluate_batch`; this base
+
+* accumulates slices into whole volumes and scores each with
+  fastmri.evaluate's NMSE / PSNR / SSIM (volume maximum as data range) as
+  soon as it is complete (:class:`~iconet_fastmri.metrics.VolumeAccumulator`),
+* merges the per-rank results so each volume counts once under DDP
+  (validation gives each rank whole volumes),
+* logs ``{val,test}/{psnr,ssim,nmse}``, the same for each baseline
+  (``val/psnr_bicubic`` ...), ``{val,test}/loss`` and ``num_volumes``,
+* keeps the last epoch's per-volume results in :attr:`volume_results`.
+
+What a run reports besides the logs (JSON files, image panels, the
+end-of-fit summary) are callbacks (:mod:`iconet_fastmri.reports`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+
+from ..metrics import VolumeAccumulator, merge_results, summarize
+
+__all__ = ["EvalBatch", "MriModule"]
+
+
+@dataclass
+class EvalBatch:
+    """One evaluated batch.
+
+    Attributes:
+        loss: the training loss on this batch (logged as ``<stage>/loss``).
+        reconstruction: ``(B, H, W)`` float32 magnitudes, the method's output.
+        target: ``(B, H, W)`` float32, what it is scored against.
+        baselines: other reconstructions ``(B, H, W)`` scored alongside, by name.
+        images: named ``(B, H, W)`` images for panels (callbacks draw them).
+    """
+
+    loss: torch.Tensor
+    reconstruction: torch.Tensor
+    target: torch.Tensor
+    baselines: Dict[str, torch.Tensor] = field(default_factory=dict)
+    images: Dict[str, Optional[torch.Tensor]] = field(default_factory=dict)
+
+
+class MriModule(pl.LightningModule):
+    """Per-volume evaluation for slice-wise reconstruction (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._accumulator: Optional[VolumeAccumulator] = None
+        self._stage_results: Dict[str, Dict[str, Dict[str, float]]] = {}
+        self.eval_summary: Dict[str, Dict[str, float]] = {}
+
+    def evaluate_batch(self, batch: Any) -> EvalBatch:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def reconstruct(self, batch: Any) -> torch.Tensor:  # pragma: no cover - abstract
+        """The method's ``(B, H, W)`` float32 magnitudes alone (prediction: no loss, no baselines)."""
+        raise NotImplementedError
+
+    def _expected_slices(self, split: str) -> Dict[str, int]:
+        # Volumes are scored as soon as complete when the data module says how many slices each has.
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "slices_per_volume"):
+            try:
+                return dm.slices_per_volume(split)
+            except Exception:  # pragma: no cover - volumes are then scored at epoch end
+                return {}
+        return {}
+
+    def _eval_step(self, batch: Any, prefix: str) -> EvalBatch:
+        result = self.evaluate_batch(batch)
+        bs = result.reconstruction.shape[0]
+        self.log(f"{prefix}/loss", result.loss, batch_size=bs, sync_dist=True)
+        target = result.target.float().cpu().numpy()
+        preds = {"": result.reconstruction.float().cpu().numpy()}
+        preds.update({name: image.float().cpu().numpy() for name, image in result.baselines.items()})
+        for i in range(bs):
+            self._accumulator.add(batch.fname[i], int(batch.slice_num[i]), target[i],
+                                  {name: p[i] for name, p in preds.items()})
+        return result
+
+    def _end_eval(self, prefix: str) -> Dict[str, float]:
+        results = self._accumulator.finalize()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts: List[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, results)
+            results = merge_results(parts)
+        summary = summarize(results)
+        for name, value in summary.items():
+            self.log(f"{prefix}/{name}", value, prog_bar=name in ("psnr", "ssim"), sync_dist=False)
+        self.log(f"{prefix}/num_volumes", float(len(results)), sync_dist=False)
+        self._stage_results[prefix] = results
+        self.eval_summary[prefix] = summary
+        self._accumulator = None
+        return summary
+
+    def on_validation_epoch_start(self) -> None:
+        self._accumulator = VolumeAccumulator(self._expected_slices("val"))
+
+    def validation_step(self, batch: Any, batch_idx: int) -> EvalBatch:
+        return self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_eval("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._accumulator = VolumeAccumulator(self._expected_slices("test"))
+
+    def test_step(self, batch: Any, batch_idx: int) -> EvalBatch:
+        return self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._end_eval("test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Dict[str, Any]:
+        """Reconstructions keyed by (file name, slice): ``{"fname", "slice_num", "reconstruction"}``."""
+        return {"fname": list(batch.fname), "slice_num": batch.slice_num.cpu(),
+                "reconstruction": self.reconstruct(batch).float().cpu()}
+
+    @property
+    def volume_results(self) -> Dict[str, Dict[str, Dict[str, float]]]:
+        """Per-volume metrics of the last validation/test epoch, by stage prefix."""
+        return self._stage_results
