@@ -54,11 +54,31 @@ class IconetCheckpoint(ModelCheckpoint):
         self.last_every_n_steps = last_every_n_steps
         self._previous_sigusr1: Any = None
 
-    def _ensure_last(self, trainer: "pl.Trainer") -> None:
-        if not self.save_last or self._should_skip_saving_checkpoint(trainer):
-            return
-        if self._last_global_step_saved != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+    def _ensure_last(self, trainer: "pl.Trainer") -> Optional[str]:
+        """Write ``last.ckpt`` unless it already holds this step; the path if a file was written now."""
+        if not self.save_last or self.dirpath is None or self._should_skip_saving_checkpoint(trainer):
+            return None
+        if self._last_global_step_saved == trainer.global_step:
+            return None
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        path = self.last_model_path
+        if path and self._last_global_step_saved == trainer.global_step and self._fs.isfile(path):
+            return path
+        return None
+
+    def _exception_report(self, trainer: "pl.Trainer", written: Optional[str]) -> str:
+        """What :meth:`on_exception` really left on disk, in words."""
+        step = trainer.global_step
+        if written:
+            return f"saved the weights of step {step} to {written}"
+        path = self.last_model_path
+        if path and self._last_global_step_saved == step and self._fs.isfile(path):
+            return f"nothing new to save: {path} already holds the weights of step {step}"
+        if step == 0:
+            return "no checkpoint was written: the run stopped before its first optimiser step (no trained weights)"
+        if not self.save_last:
+            return f"no last.ckpt was written (save_last is off); the weights of step {step} are lost"
+        return f"no checkpoint was written; the weights of step {step} are lost"
 
     # ------------------------------------------------------------------ when to write
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", *args: Any, **kwargs: Any) -> None:
@@ -84,14 +104,12 @@ class IconetCheckpoint(ModelCheckpoint):
         super().on_exception(trainer, pl_module, exception)
         if trainer.state.fn != "fit" or trainer.sanity_checking:
             return
+        # Say only what is on disk: a fit that fails in setup has no weights to save.
         try:
-            self._ensure_last(trainer)
-            rank_zero_info(
-                f"[iconet-fastmri] {type(exception).__name__}: saved the weights of step "
-                f"{trainer.global_step} to {self.dirpath}/last.ckpt"
-            )
-        except Exception as err:  # pragma: no cover - never hide the original error
-            rank_zero_info(f"[iconet-fastmri] could not save last.ckpt after {type(exception).__name__}: {err}")
+            report = self._exception_report(trainer, self._ensure_last(trainer))
+        except Exception as err:  # never hide the original error
+            report = f"could not save last.ckpt: {type(err).__name__}: {err}"
+        rank_zero_info(f"[iconet-fastmri] {type(exception).__name__}: {report}")
 
     # ------------------------------------------------------------------ SIGUSR1
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:

@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models.common import SROutput, magnitude
+from .physics.sense import complex_targets
 
-__all__ = ["MultiStageLoss", "SUPERVISE_MODES"]
+__all__ = ["MultiStageLoss", "SUPERVISE_MODES", "complex_stage_targets"]
 
 #: Valid values of ``MultiStageLoss(supervise=...)``.
 SUPERVISE_MODES: Tuple[str, ...] = ("all_stages", "last_stage")
@@ -159,3 +160,21 @@ class MultiStageLoss(nn.Module):
         terms["rec"] = rec_total.detach()
         terms["total"] = total.detach()
         return total, terms
+
+
+def complex_stage_targets(hr_images: torch.Tensor, output: SROutput,
+                          maps: Optional[torch.Tensor] = None) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """(SR, prior) complex targets, as (real, imag) channels, on the grids of ``output``'s stages.
+
+    Each is ``F⁻¹ T F`` of the HR coil images on that grid, SENSE-combined with
+    ``maps`` for multi-coil data (:func:`~iconet_fastmri.physics.sense.complex_targets`),
+    computed in float32 outside autocast. Pass them to :class:`MultiStageLoss` for the
+    phase-aware term.
+    """
+    sr_grids = [tuple(t.shape[-2:]) for t in (output.sr_stages or [output.sr])]
+    rec_grids = [tuple(t.shape[-2:]) for t in output.rec_stages]
+    grids = list(dict.fromkeys(sr_grids + rec_grids))
+    with torch.autocast(device_type=hr_images.device.type, enabled=False):
+        images = dict(zip(grids, complex_targets(hr_images, grids, maps)))
+    as_channels = lambda z: torch.cat([z.real, z.imag], dim=1)  # noqa: E731
+    return [as_channels(images[g]) for g in sr_grids], [as_channels(images[g]) for g in rec_grids]

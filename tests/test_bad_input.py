@@ -16,7 +16,7 @@ import torch
 from iconet_fastmri.data.dataset import IconetSliceDataset
 from iconet_fastmri.data.transforms import IconetDataTransform
 from iconet_fastmri.data.validation import FastMRIFileError, validate_fastmri_file
-from iconet_fastmri.physics.degradation import KSpaceDegradation
+from iconet_fastmri.physics.acquisition import Acquisition
 from iconet_fastmri.physics.masks import create_mask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,33 +127,33 @@ def test_nonfinite_kspace(value, kind):
     k = np.ones((1, 8, 8), np.complex64)
     k[0, 2, 3] = value
     with pytest.raises(ValueError, match=rf"vol\.h5, slice 4, dataset 'kspace': .*{kind}"):
-        IconetDataTransform(2, None, hr_crop=(8, 8))(k[0], None, None, {}, "vol.h5", 4)
+        IconetDataTransform(Acquisition(2), hr_crop=(8, 8))(k[0], None, None, {}, "vol.h5", 4)
 
 
 def test_all_zero_kspace():
     with pytest.raises(ValueError, match=r"vol\.h5, slice 0.*all zeros"):
-        IconetDataTransform(2, None, hr_crop=(8, 8))(np.zeros((8, 8), np.complex64), None, None, {}, "vol.h5", 0)
+        IconetDataTransform(Acquisition(2), hr_crop=(8, 8))(np.zeros((8, 8), np.complex64), None, None, {}, "vol.h5", 0)
 
 
 def test_crop_larger_than_image():
     with pytest.raises(ValueError, match=r"hr_crop 16x16 is larger than the image 8x8"):
-        IconetDataTransform(2, None, hr_crop=(16, 16))(np.ones((8, 8), np.complex64), None, None, {}, "v.h5", 0)
+        IconetDataTransform(Acquisition(2), hr_crop=(16, 16))(np.ones((8, 8), np.complex64), None, None, {}, "v.h5", 0)
 
 
 def test_odd_grid_for_scale_2():
     with pytest.raises(ValueError, match=r"31x32 is not divisible by the scale 2"):
-        IconetDataTransform(2, None, hr_crop=(31, 32))
+        IconetDataTransform(Acquisition(2), hr_crop=(31, 32))
 
 
 def test_grid_not_divisible_by_4():
     with pytest.raises(ValueError, match=r"not divisible by the scale 4"):
-        KSpaceDegradation(4)(torch.ones(1, 1, 18, 16, dtype=torch.complex64))
+        Acquisition(4)(torch.ones(1, 1, 18, 16, dtype=torch.complex64))
 
 
 @pytest.mark.parametrize("scale", [3, 1, 0, 16])
 def test_unsupported_scale(scale):
     with pytest.raises(ValueError, match=rf"unsupported scale {scale}"):
-        KSpaceDegradation(scale)
+        Acquisition(scale)
 
 
 def test_unknown_mask_name():
@@ -207,7 +207,7 @@ def test_file_without_reconstruction_is_not_an_error(one_file):
     _edit(one_file, lambda f: f.__delitem__("reconstruction_esc"))
     assert validate_fastmri_file(one_file)[0] >= 1
     ds = IconetSliceDataset(one_file.parent, "singlecoil", use_dataset_cache=False,
-                            transform=IconetDataTransform(2, None, hr_crop=(32, 32)))
+                            transform=IconetDataTransform(Acquisition(2), hr_crop=(32, 32)))
     sample = ds[0]
     assert sample.target.numel() == 0 and sample.hr_images.shape == (1, 32, 32)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fastmri
-from iconet_fastmri.physics.degradation import KSpaceDegradation
+from iconet_fastmri.physics.acquisition import Acquisition
 from iconet_fastmri.physics.operators import lr_shape_for, sinc_upsample
 from iconet_fastmri.physics.fft import fft2c, ifft2c, to_real_view
 from iconet_fastmri.physics.masks import create_mask
@@ -47,7 +47,7 @@ def test_matches_numpy_reference(scale, coils, grid):
     x = _images(3, coils, H, W)
     lr = lr_shape_for(grid, scale)
     mask = (torch.rand(3, 1, *lr, generator=torch.Generator().manual_seed(1)) > 0.4).float()
-    out = KSpaceDegradation(scale)(x, mask)
+    out = Acquisition(scale)(x, mask)
     lr_k, obs, clean, zf, hr = _np_reference(x, mask, scale)
     np.testing.assert_allclose(out.lr_kspace.numpy(), lr_k, atol=2e-6)
     np.testing.assert_allclose(out.lr_observed.numpy(), obs, atol=2e-6)
@@ -66,16 +66,16 @@ def test_matches_numpy_reference(scale, coils, grid):
 
 def test_hr_target_equals_fastmri_rss_and_abs():
     x = _images(2, 5, 16, 16)
-    out = KSpaceDegradation(2)(x)
+    out = Acquisition(2)(x)
     ref = fastmri.rss_complex(to_real_view(x), dim=1)
     assert torch.allclose(out.hr_target[:, 0], ref, atol=1e-6)
-    single = KSpaceDegradation(2)(x[:, :1])
+    single = Acquisition(2)(x[:, :1])
     assert torch.allclose(single.hr_target[:, 0], fastmri.complex_abs(to_real_view(x[:, 0])), atol=1e-6)
 
 
 def test_x4_intermediate_target_is_cut_from_the_same_kspace():
     x = _images(2, 3, 32, 24)
-    out = KSpaceDegradation(4)(x)
+    out = Acquisition(4)(x)
     mid = out.stage_targets[0]
     assert mid.shape == (2, 1, 16, 12)
     _, _, clean2, _, _ = _np_reference(x, torch.ones(1), 2)
@@ -87,7 +87,7 @@ def test_x4_intermediate_target_is_cut_from_the_same_kspace():
 @pytest.mark.parametrize("scale", [2, 4])
 def test_intensity_is_preserved(scale):
     x = torch.full((2, 1, 16, 24), 2.5 - 1.0j, dtype=torch.complex64)
-    out = KSpaceDegradation(scale)(x)
+    out = Acquisition(scale)(x)
     expected = abs(2.5 - 1.0j)
     assert torch.allclose(out.lr_clean, torch.full_like(out.lr_clean, expected), atol=1e-5)
     assert torch.allclose(out.hr_target, torch.full_like(out.hr_target, expected), atol=1e-5)
@@ -97,33 +97,47 @@ def test_intensity_is_preserved(scale):
     assert torch.allclose(up, x, atol=1e-5)
 
 
-def test_fast_path_equals_general_path():
-    x = _images(2, 3, 32, 48, seed=4)
-    deg = KSpaceDegradation(4)
-    mask = (torch.rand(2, 1, 8, 12) > 0.5).float()
-    grids = [(8, 12), (16, 24), (32, 48)]
-    fast = deg._fast(x, mask, (8, 12), grids)
-    general = deg._general(x, mask, (8, 12), grids)
-    for a, b in zip(fast[:4], general[:4]):
-        assert torch.allclose(a, b, atol=1e-6)
-    assert torch.allclose(fast[4][0], general[4][0], atol=1e-6)
+OUTPUTS = ("hr_target", "lr_kspace", "lr_observed", "lr_clean", "lr_input", "lr_input_complex", "lr_clean_complex")
+
+
+@pytest.mark.parametrize("coils,noise,with_steps", [(3, False, False), (1, True, False), (3, True, True)])
+def test_fast_path_equals_the_reference_path(coils, noise, with_steps):
+    """The fast path (shifts folded away) gives every output of the readable reference, noise draw included."""
+    from iconet_fastmri.physics.degradation import fast_forward, reference_forward
+
+    x = _images(2, coils, 32, 48, seed=4)
+    mask = (torch.rand(2, 1, 8, 12, generator=torch.Generator().manual_seed(2)) > 0.5).float()
+    n = _images(2, coils, 8, 12, seed=9) * 0.05 if noise else None
+    steps = [lambda k, m: k * 1.5 + 0.01] if with_steps else []
+    fast = fast_forward(x, mask, 4, n, steps, complex_images=True)
+    ref = reference_forward(x, mask, 4, n, steps)
+    for name in OUTPUTS:
+        a, b = getattr(fast, name), getattr(ref, name)
+        if coils > 1 and name.endswith("complex"):
+            b = ifft2c(ref.lr_observed if name == "lr_input_complex" else ref.lr_kspace)
+        assert torch.allclose(a, b, atol=2e-6), name
+    for a, b in zip(fast.stage_targets, ref.stage_targets):
+        assert torch.allclose(a, b, atol=2e-6)
+    rss_only = fast_forward(x, mask, 4, n, steps)  # multi-coil default: no complex LR images formed
+    for name in ("hr_target", "lr_kspace", "lr_observed", "lr_clean", "lr_input"):
+        assert torch.allclose(getattr(rss_only, name), getattr(ref, name), atol=2e-6), name
 
 
 def test_odd_lr_grid_uses_exact_general_path():
     x = _images(1, 2, 12, 20, seed=5)  # x4 -> 3 x 5 LR grid
     mask = torch.ones(1, 1, 3, 5)
-    out = KSpaceDegradation(4)(x, mask)
+    out = Acquisition(4)(x, mask)
     _, _, clean, _, _ = _np_reference(x, mask, 4)
     np.testing.assert_allclose(out.lr_clean.numpy(), clean, atol=2e-6)
 
 
 def test_batched_equals_per_sample_and_mask_func():
     x = _images(3, 2, 16, 16, seed=6)
-    deg = KSpaceDegradation(2, mask_func=create_mask("random", accelerations=[4], seed=0))
+    deg = Acquisition(2, mask=create_mask("random", accelerations=[4], seed=0))
     out = deg(x)
     assert out.mask.shape == (3, 1, 8, 8)
     for i in range(3):
-        single = KSpaceDegradation(2)(x[i : i + 1], out.mask[i])
+        single = Acquisition(2)(x[i : i + 1], out.mask[i])
         assert torch.allclose(single.lr_input, out.lr_input[i : i + 1], atol=1e-6)
 
 
@@ -132,8 +146,8 @@ def test_noise_only_on_acquired_samples():
     x = _images(4, 1, 64, 64, seed=7)
     mask = torch.zeros(1, 1, 32, 32)
     mask[..., ::2] = 1
-    clean = KSpaceDegradation(2)(x, mask)
-    noisy = KSpaceDegradation(2, noise_std=0.1)(x, mask)
+    clean = Acquisition(2)(x, mask)
+    noisy = Acquisition(2, noise_std=0.1)(x, mask)
     diff = noisy.lr_observed - clean.lr_observed
     assert diff[..., 1::2].abs().max() == 0
     std = diff[..., ::2].abs().pow(2).mean().sqrt()
@@ -142,21 +156,21 @@ def test_noise_only_on_acquired_samples():
 
 def test_size_and_scale_errors():
     with pytest.raises(ValueError, match=r"30x32 is not divisible by the scale 4"):
-        KSpaceDegradation(4)(_images(1, 1, 30, 32))
+        Acquisition(4)(_images(1, 1, 30, 32))
     with pytest.raises(ValueError, match=r"unsupported scale 3"):
-        KSpaceDegradation(3)
+        Acquisition(3)
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
-        KSpaceDegradation(2)(torch.zeros(8, 8, dtype=torch.complex64))
+        Acquisition(2)(torch.zeros(8, 8, dtype=torch.complex64))
     with pytest.raises(ValueError, match="does not fit the LR grid"):
-        KSpaceDegradation(2)(_images(1, 1, 8, 8), torch.ones(3, 3))
+        Acquisition(2)(_images(1, 1, 8, 8), torch.ones(3, 3))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     x = _images(2, 4, 32, 32)
     mask = (torch.rand(2, 1, 16, 16) > 0.5).float()
-    cpu = KSpaceDegradation(2)(x, mask)
-    gpu = KSpaceDegradation(2)(x.cuda(), mask.cuda())
+    cpu = Acquisition(2)(x, mask)
+    gpu = Acquisition(2)(x.cuda(), mask.cuda())
     for name in ("lr_kspace", "lr_clean", "lr_observed", "lr_input", "hr_target"):
         assert torch.allclose(getattr(cpu, name), getattr(gpu, name).cpu(), atol=1e-5), name
     assert torch.allclose(fft2c(x), fft2c(x.cuda()).cpu(), atol=1e-4)
@@ -183,12 +197,12 @@ def test_chunked_cpu_path_equals_the_whole_batch(monkeypatch, coils, scale):
 
     x = _images(5, coils, 32, 24)
     mask = (torch.rand(5, 1, 32 // scale, 24 // scale, generator=torch.Generator().manual_seed(3)) > 0.4).float()
-    whole = KSpaceDegradation(scale)(x, mask)
+    whole = Acquisition(scale)(x, mask)
     sample = x[0].numel() * x.element_size()
     monkeypatch.setattr(degradation, "CHUNK_ABOVE_BYTES", sample)  # anything above one sample
     monkeypatch.setattr(degradation, "CHUNK_BYTES", 2 * sample)  # chunks of 2 (and a tail)
-    assert len(KSpaceDegradation._chunks(x)) > 1
-    chunked = KSpaceDegradation(scale)(x, mask)
+    assert len(degradation._chunks(x)) > 1
+    chunked = Acquisition(scale)(x, mask)
     for name in ("hr_target", "lr_kspace", "lr_observed", "lr_clean", "lr_input",
                  "lr_input_complex", "lr_clean_complex"):
         a, b = getattr(chunked, name), getattr(whole, name)

@@ -169,17 +169,17 @@ def _tiny_dm(root, **kw):
 def test_bf16_mixed_training_keeps_ffts_in_fp32(tiny_data, tmp_path):
     import pytorch_lightning as pl
 
-    from iconet_fastmri.physics.degradation import KSpaceDegradation
+    from iconet_fastmri.physics.acquisition import Acquisition
 
     seen = []
-    original = KSpaceDegradation.forward
+    original = Acquisition.simulate
 
     def spy(self, hr_images, mask=None):
         out = original(self, hr_images, mask)
         seen.append((out.lr_input.dtype, out.lr_kspace.dtype, torch.is_autocast_enabled("cpu")))
         return out
 
-    KSpaceDegradation.forward = spy
+    Acquisition.simulate = spy
     try:
         trainer = pl.Trainer(accelerator="cpu", precision="bf16-mixed", max_epochs=1, limit_train_batches=2, limit_val_batches=1,
                              logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -187,7 +187,7 @@ def test_bf16_mixed_training_keeps_ffts_in_fp32(tiny_data, tmp_path):
         module = _tiny_module()
         trainer.fit(module, datamodule=_tiny_dm(tiny_data))
     finally:
-        KSpaceDegradation.forward = original
+        Acquisition.simulate = original
     assert seen and all(d == torch.float32 and k == torch.complex64 for d, k, _ in seen)
     assert any(enabled for _, _, enabled in seen)  # it really ran under autocast
     assert np.isfinite(float(trainer.callback_metrics["val/psnr"]))
@@ -230,10 +230,10 @@ def test_validation_panel_is_labelled_and_scales_the_error_to_itself():
 def test_module_adds_no_normalisation_of_its_own():
     """The loss units come from the model: a model that does not normalise gets no scale invented for it."""
     from iconet_fastmri.models import BicubicSR, UnetSR
-    from iconet_fastmri.physics.degradation import KSpaceDegradation
+    from iconet_fastmri.physics.acquisition import Acquisition
     from iconet_fastmri.pl_modules import IconetModule
 
-    deg = KSpaceDegradation(2)(torch.randn(2, 1, 16, 16, dtype=torch.complex64) * 1e-4)
+    deg = Acquisition(2)(torch.randn(2, 1, 16, 16, dtype=torch.complex64) * 1e-4)
     plain = IconetModule(BicubicSR(2))(deg)
     assert plain.norm_scale is None
     assert torch.equal(plain.sr, torch.nn.functional.interpolate(deg.lr_input, scale_factor=2.0, mode="bicubic"))
@@ -262,7 +262,7 @@ def test_cli_injects_any_registered_model_and_links_the_acquisition(tmp_path):
     net = cli.model.model
     assert isinstance(net, UnetSR) and net.scale == 4 and net.in_chans == 2
     assert net.init_args["chans"] == 8 and net.init_args["num_pool_layers"] == 4
-    assert cli.model.degradation.noise_std == 0.01 and cli.model.scale == 4
+    assert cli.model.acquisition.noise_std == 0.01 and cli.model.acquisition is cli.datamodule.acquisition and cli.model.scale == 4
     assert cli.model.hparams["model"]["init_args"] == net.init_args  # what checkpoints store
     base = [sys.executable, str(SCRIPT), "fit", "--config", str(ROOT / "configs" / "demo.yaml")]
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from iconet_fastmri.physics.degradation import Degraded, KSpaceDegradation
+from iconet_fastmri.physics.acquisition import Acquisition
+from iconet_fastmri.physics.degradation import Degraded
 from iconet_fastmri.physics.operators import crop_kspace, sinc_upsample
 from iconet_fastmri.physics.fft import fft2c
 from iconet_fastmri.losses import MultiStageLoss
@@ -73,7 +74,7 @@ def degrade(
 ) -> Degraded:
     hr_shape = (lr_shape[0] * scale, lr_shape[1] * scale)
     hr = smooth_hr(hr_shape, batch) * intensity
-    return KSpaceDegradation(scale)(hr, mask=column_mask(lr_shape, batch))
+    return Acquisition(scale)(hr, mask=column_mask(lr_shape, batch))
 
 
 def model_input(degraded: Degraded, in_chans: int) -> torch.Tensor:
@@ -225,7 +226,7 @@ def test_backward_reaches_every_parameter(config: dict) -> None:
     in_chans = int(config.get("in_chans", 1))
     model = small_iconet(**config)
     degraded = degrade(int(config["scale"]), (6, 5))
-    loss, _ = MultiStageLoss()(run_model(model, degraded, in_chans), degraded)
+    loss, _ = MultiStageLoss()(run_model(model, degraded, in_chans), degraded.stage_targets, degraded.rec_targets)
     loss.backward()
     for name, param in model.named_parameters():
         assert param.grad is not None, f"{name} got no gradient"
@@ -245,7 +246,7 @@ def test_baselines_backward_reaches_every_parameter(model) -> None:
     torch.manual_seed(0)
     net = model()
     degraded = degrade(4, (7, 6))
-    loss, _ = MultiStageLoss(supervise="last_stage")(net(degraded.lr_input), degraded)
+    loss, _ = MultiStageLoss(supervise="last_stage")(net(degraded.lr_input), degraded.stage_targets, degraded.rec_targets)
     loss.backward()
     for name, param in net.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
@@ -330,17 +331,17 @@ def overfit(model: torch.nn.Module, loss_fn: MultiStageLoss, steps: int = 200, l
     }
     lr_width = 32 // model.scale
     cols = torch.tensor(patterns[lr_width], dtype=torch.float32).view(1, 1, 1, lr_width)
-    degraded = KSpaceDegradation(model.scale)(hr, mask=cols)
+    degraded = Acquisition(model.scale)(hr, mask=cols)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     with torch.no_grad():
-        initial, _ = loss_fn(model(degraded.lr_input), degraded)
+        initial, _ = loss_fn(model(degraded.lr_input), degraded.stage_targets, degraded.rec_targets)
     for _ in range(steps):
-        loss, _ = loss_fn(model(degraded.lr_input), degraded)
+        loss, _ = loss_fn(model(degraded.lr_input), degraded.stage_targets, degraded.rec_targets)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
     with torch.no_grad():
-        final, _ = loss_fn(model(degraded.lr_input), degraded)
+        final, _ = loss_fn(model(degraded.lr_input), degraded.stage_targets, degraded.rec_targets)
     return initial.item(), final.item()
 
 
@@ -385,7 +386,7 @@ def test_checkpointing_matches_plain(block: str) -> None:
     results = []
     for model in (plain, ckpt):
         out = model(degraded.lr_input)
-        loss, _ = MultiStageLoss()(out, degraded)
+        loss, _ = MultiStageLoss()(out, degraded.stage_targets, degraded.rec_targets)
         loss.backward()
         results.append((out, {n: p.grad.clone() for n, p in model.named_parameters()}))
     (out_a, grads_a), (out_b, grads_b) = results
@@ -590,7 +591,7 @@ def test_dc_at_the_sr_output_changes_only_measured_frequencies(scale: int) -> No
     torch.manual_seed(0)
     hr = (32, 48)
     lr = (hr[0] // scale, hr[1] // scale)
-    deg = KSpaceDegradation(scale)(torch.randn(2, 1, *hr, dtype=torch.complex64),
+    deg = Acquisition(scale)(torch.randn(2, 1, *hr, dtype=torch.complex64),
                                    (torch.rand(2, 1, *lr) > 0.5).float())
     x = torch.cat([deg.lr_input_complex.real, deg.lr_input_complex.imag], dim=1)
     kwargs = dict(scale=scale, in_chans=2, width=8, blocks_per_stage=1)

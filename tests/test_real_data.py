@@ -19,7 +19,7 @@ from iconet_fastmri.demo import make_demo_splits, write_fastmri_dataset
 from iconet_fastmri.evaluation import evaluate_folders
 from iconet_fastmri.inference import run_inference
 from iconet_fastmri.models import ICONet
-from iconet_fastmri.physics.degradation import KSpaceDegradation
+from iconet_fastmri.physics.acquisition import Acquisition
 from iconet_fastmri.physics.masks import MaskConfig, create_mask
 from iconet_fastmri.pl_modules import IconetDataModule, IconetModule
 
@@ -57,16 +57,16 @@ def coils_root(tmp_path_factory):
 # ------------------------------------------------------------------ 1, 2: batching
 def test_varying_coil_counts_batch_and_train(coils_root, tmp_path):
     ds = IconetSliceDataset(coils_root / "multicoil_train", "multicoil", use_dataset_cache=False,
-                            transform=IconetDataTransform(2, None, (32, 32)))
+                            transform=IconetDataTransform(Acquisition(2), (32, 32)))
     samples = [ds[i] for i in range(len(ds))]
     assert sorted({s.hr_images.shape[0] for s in samples}) == [4, 6, 16, 20]
     batch = collate_samples(samples)
     assert batch.hr_images.shape == (8, 20, 32, 32)
     # Zero coils change nothing: the batched degradation equals each slice degraded alone.
     mask = torch.ones(8, 1, 16, 16)
-    batched = KSpaceDegradation(2)(batch.hr_images, mask)
+    batched = Acquisition(2)(batch.hr_images, mask)
     for i, s in enumerate(samples):
-        alone = KSpaceDegradation(2)(s.hr_images[None], mask[i : i + 1])
+        alone = Acquisition(2)(s.hr_images[None], mask[i : i + 1])
         for name in ("hr_target", "lr_clean", "lr_input"):
             assert torch.allclose(getattr(batched, name)[i], getattr(alone, name)[0], rtol=1e-5, atol=1e-9)
     _trainer(tmp_path).fit(_tiny(), datamodule=_dm(coils_root, batch_size=8))
@@ -80,11 +80,11 @@ def test_mixed_targets_and_padding_in_one_batch(tmp_path):
     with h5py.File(folder / "file_demo_001.h5", "r+") as f:
         del f["reconstruction_esc"]
     ds = IconetSliceDataset(folder, "singlecoil", use_dataset_cache=False,
-                            transform=IconetDataTransform(2, None, (32, 32), pad_if_smaller=True))
+                            transform=IconetDataTransform(Acquisition(2), (32, 32), pad_if_smaller=True))
     batch = collate_samples([ds[i] for i in range(len(ds))])
     assert batch.hr_images.shape == (6, 1, 32, 32) and batch.target.numel() == 0
     with pytest.raises(ValueError, match=r"file_demo_000\.h5 slice 0: \(32, 32\).*\(16, 16\)"):
-        small = IconetDataTransform(2, None, (16, 16))(*_raw(folder / "file_demo_000.h5"), "file_demo_000.h5", 0)
+        small = IconetDataTransform(Acquisition(2), (16, 16))(*_raw(folder / "file_demo_000.h5"), "file_demo_000.h5", 0)
         collate_samples([ds[0], small])
 
 
@@ -256,7 +256,7 @@ def test_fastmri_volume_seeding_matches_fastmri(tmp_path):
 
     folder = tmp_path / "singlecoil_val"
     write_fastmri_dataset(folder, "singlecoil", 1, 3, (32, 32), seed=13)
-    transform = IconetDataTransform(2, create_mask("random", accelerations=[4]), (32, 32),
+    transform = IconetDataTransform(Acquisition(2, create_mask("random", accelerations=[4])), (32, 32),
                                     mask_seed_rule="volume")
     ds = IconetSliceDataset(folder, "singlecoil", transform=transform, use_dataset_cache=False)
     masks = [ds[i].mask[0] for i in range(3)]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.adjoint import assert_adjoint
 from iconet_fastmri.demo import coil_sensitivities, make_phantom_volume
 from iconet_fastmri.physics.fft import fft2c, ifft2c
 from iconet_fastmri.physics.masks import create_mask
@@ -31,9 +32,10 @@ def test_sense_operator_is_adjoint(coils, hr, scale):
     mask = (torch.rand(2, 1, *lr, generator=torch.Generator().manual_seed(2)) > 0.4).float()
     op = SenseOperator(maps, mask, lr_shape=lr, image_shape=hr)
     x, y = _randn(2, 1, *hr, seed=3), _randn(2, coils, *lr, seed=4)
-    lhs = torch.vdot(op(x).flatten(), y.flatten())
-    rhs = torch.vdot(x.flatten(), op.adjoint(y).flatten())
-    assert abs(lhs - rhs) <= 1e-6 * float(op(x).norm() * y.norm())  # float32 rounding of the sums
+    assert_adjoint(op, op.adjoint, x, y, rtol=1e-6)  # float32 rounding of the sums
+    # In double precision (complex128 images and maps) to rounding of the order 1e-16.
+    op64 = SenseOperator(None if maps is None else maps.to(torch.complex128), mask, lr_shape=lr, image_shape=hr)
+    assert_adjoint(op64, op64.adjoint, x.to(torch.complex128), y.to(torch.complex128), rtol=1e-12)
     # Single coil: A is the degradation's own chain M F T, nothing more.
     if coils == 1:
         assert torch.allclose(op(x), crop_kspace(fft2c(x), lr) * mask, atol=1e-6)
@@ -117,7 +119,7 @@ def test_complex_mode_on_multicoil_data_feeds_the_sense_combined_image(tmp_path)
 
     from iconet_fastmri.demo import write_fastmri_dataset
     from iconet_fastmri.models import ICONet
-    from iconet_fastmri.physics.degradation import KSpaceDegradation
+    from iconet_fastmri.physics.acquisition import Acquisition
     from iconet_fastmri.pl_modules import IconetDataModule, IconetModule
 
     for split, first in (("train", 0), ("val", 5)):
@@ -126,8 +128,8 @@ def test_complex_mode_on_multicoil_data_feeds_the_sense_combined_image(tmp_path)
     module = IconetModule(ICONet(scale=2, in_chans=2, width=4, blocks_per_stage=1), mode="complex")
     # Fully sampled LR k-space: the SENSE-combined input's magnitude is the RSS LR image.
     images = _randn(2, 4, 32, 32, seed=9)
-    deg = KSpaceDegradation(2)(images, torch.ones(2, 1, 16, 16))
-    x, _ = module.model_input(deg)
+    deg = Acquisition(2)(images, torch.ones(2, 1, 16, 16))
+    x = module.model_input(deg).image
     assert x.shape == (2, 2, 16, 16)
     assert torch.allclose(x.pow(2).sum(1, keepdim=True).sqrt(), deg.lr_clean, rtol=1e-4, atol=1e-6)
     dm = IconetDataModule(data_path=str(tmp_path), challenge="multicoil", scale=2, hr_crop=(32, 32),
@@ -155,7 +157,7 @@ def test_complex_mode_on_multicoil_data_feeds_the_sense_combined_image(tmp_path)
                          enable_progress_bar=False, num_sanity_val_steps=0, use_distributed_sampler=False)
     trainer.fit(dc, datamodule=dm)
     assert np.isfinite(float(trainer.callback_metrics["val/psnr"]))
-    _, kwargs = dc.model_input(deg)
+    kwargs = dc.model_input(deg).dc
     assert set(kwargs) == {"measured_kspace", "mask", "maps"} and kwargs["maps"].shape == (2, 4, 16, 16)
 
 
@@ -298,17 +300,17 @@ def test_learned_maps_train_end_to_end_and_round_trip_through_a_checkpoint(tmp_p
 
 
 def test_complex_targets_match_the_degradation_and_the_rss_targets():
-    from iconet_fastmri.physics.degradation import KSpaceDegradation
+    from iconet_fastmri.physics.acquisition import Acquisition
     from iconet_fastmri.physics.sense import complex_targets, estimate_maps_rss
 
     single = _randn(2, 1, 32, 32, seed=12)
-    deg = KSpaceDegradation(4)(single, torch.ones(2, 1, 8, 8))
+    deg = Acquisition(4)(single, torch.ones(2, 1, 8, 8))
     lr, mid, hr = complex_targets(single, [(8, 8), (16, 16), (32, 32)])
     torch.testing.assert_close(lr, deg.lr_clean_complex, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(mid.abs(), deg.stage_targets[0], rtol=1e-4, atol=1e-5)
     assert hr is single
     coils = _randn(2, 4, 32, 32, seed=13)
-    deg = KSpaceDegradation(2)(coils, torch.ones(2, 1, 16, 16))
+    deg = Acquisition(2)(coils, torch.ones(2, 1, 16, 16))
     maps = estimate_maps_rss(deg.lr_observed, deg.mask)  # fully sampled: maps explain the coil images
     lr, = complex_targets(coils, [(16, 16)], maps)
     torch.testing.assert_close(lr.abs(), deg.lr_clean, rtol=1e-4, atol=1e-5)
@@ -330,14 +332,20 @@ def test_phase_loss_supervises_the_phase_the_magnitude_loss_ignores(tiny_multico
                           batch_size=2, num_workers=0, use_dataset_cache=False)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    deg = module.degrade(batch)
-    out = module(deg)
-    sr_t, rec_t = module._complex_targets(batch, out)
+    from iconet_fastmri.losses import complex_stage_targets
+    from iconet_fastmri.models import SROutput
+
+    inputs = module.model_input(module.degrade(batch))
+    out = module(inputs)
+    assert inputs.maps is not None  # the maps travel with the input, not on the module
+    sr_t, rec_t = complex_stage_targets(batch.hr_images, out, inputs.maps)
     assert [t.shape[1] for t in sr_t + rec_t] == [2] * (len(sr_t) + len(rec_t))
-    exact, _ = module.loss_fn(sr_t, rec_t, sr_t, rec_t)
+    as_output = lambda sr, rec: SROutput(sr=sr[-1], sr_stages=sr, rec_stages=rec)  # noqa: E731
+    exact, _ = module.loss_fn(as_output(sr_t, rec_t), sr_t, rec_t)
     rotated = [torch.cat([-t[:, 1:], t[:, :1]], dim=1) for t in sr_t]  # times i: same magnitude
-    turned, _ = module.loss_fn(rotated, rec_t, sr_t, rec_t)
-    magnitude_only, _ = module.loss_fn(rotated, [], [t.pow(2).sum(1, keepdim=True).sqrt() for t in sr_t], [])
+    turned, _ = module.loss_fn(as_output(rotated, rec_t), sr_t, rec_t)
+    magnitude_only, _ = module.loss_fn(as_output(rotated, []),
+                                       [t.pow(2).sum(1, keepdim=True).sqrt() for t in sr_t], [])
     size = float(torch.cat([t.flatten() for t in sr_t]).abs().mean())
     assert float(exact) == 0.0 and float(turned) > 0.3 * size and float(magnitude_only) < 0.05 * float(turned)
     trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,

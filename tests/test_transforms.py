@@ -6,7 +6,7 @@ import torch
 from fastmri.data import SliceDataset
 
 from iconet_fastmri.data.transforms import IconetDataTransform, IconetSample, check_kspace
-from iconet_fastmri.physics.degradation import KSpaceDegradation
+from iconet_fastmri.physics.acquisition import Acquisition
 from iconet_fastmri.physics.masks import create_mask, mask_seed
 
 
@@ -15,7 +15,7 @@ from iconet_fastmri.physics.masks import create_mask, mask_seed
 def test_hr_target_equals_file_reconstruction(challenge, scale, singlecoil_dir, multicoil_dir):
     root = singlecoil_dir if challenge == "singlecoil" else multicoil_dir
     mask_func = create_mask("random", center_fractions=[0.08], accelerations=[4])
-    transform = IconetDataTransform(scale, mask_func, hr_crop=(32, 32), use_seed=True)
+    transform = IconetDataTransform(Acquisition(scale, mask_func), hr_crop=(32, 32), use_seed=True)
     dataset = SliceDataset(root, challenge, transform=transform, use_dataset_cache=False)
     assert len(dataset) > 0
     for i in range(len(dataset)):
@@ -24,7 +24,7 @@ def test_hr_target_equals_file_reconstruction(challenge, scale, singlecoil_dir, 
         coils = 1 if challenge == "singlecoil" else 4
         assert sample.hr_images.shape == (coils, 32, 32) and sample.hr_images.dtype == torch.complex64
         assert sample.mask.shape == (1, 32 // scale, 32 // scale)
-        deg = KSpaceDegradation(scale)(sample.hr_images[None], sample.mask[None])
+        deg = Acquisition(scale)(sample.hr_images[None], sample.mask[None])
         hr = deg.hr_target[0, 0]
         # The file's own reconstruction_esc / reconstruction_rss, float32 tolerance.
         assert torch.allclose(hr, sample.target, rtol=1e-4, atol=1e-5 * float(sample.target.max()))
@@ -36,7 +36,7 @@ def test_hr_target_equals_file_reconstruction(challenge, scale, singlecoil_dir, 
 
 def test_validation_masks_are_seeded_per_slice(singlecoil_dir):
     mask_func = create_mask("random", center_fractions=[0.08], accelerations=[4])
-    transform = IconetDataTransform(2, mask_func, hr_crop=(32, 32), use_seed=True)
+    transform = IconetDataTransform(Acquisition(2, mask_func), hr_crop=(32, 32), use_seed=True)
     dataset = SliceDataset(singlecoil_dir, "singlecoil", transform=transform, use_dataset_cache=False)
     a = [dataset[i].mask for i in range(len(dataset))]
     b = [dataset[i].mask for i in range(len(dataset))]
@@ -49,11 +49,11 @@ def test_validation_masks_are_seeded_per_slice(singlecoil_dir):
 
 def test_training_patches_and_random_masks(singlecoil_dir):
     mask_func = create_mask("random", center_fractions=[0.08], accelerations=[4], seed=0)
-    transform = IconetDataTransform(2, mask_func, hr_crop=(32, 32), use_seed=False, patch_size=(16, 12), seed=0)
+    transform = IconetDataTransform(Acquisition(2, mask_func), hr_crop=(32, 32), use_seed=False, patch_size=(16, 12), seed=0)
     dataset = SliceDataset(singlecoil_dir, "singlecoil", transform=transform, use_dataset_cache=False)
     s1, s2 = dataset[0], dataset[0]
     assert s1.hr_images.shape == (1, 16, 12) and s1.mask.shape == (1, 8, 6)
-    full = IconetDataTransform(2, None, hr_crop=(32, 32))
+    full = IconetDataTransform(Acquisition(2), hr_crop=(32, 32))
     ref = SliceDataset(singlecoil_dir, "singlecoil", transform=full, use_dataset_cache=False)[0]
     # The patch is a window of the full HR grid at a position aligned to the scale.
     hits = [(r, c) for r in range(0, 17, 2) for c in range(0, 21, 2)
@@ -81,9 +81,9 @@ def test_kspace_errors_name_file_and_slice():
 
 def test_crop_and_scale_errors():
     with pytest.raises(ValueError, match="not divisible by the scale 4"):
-        IconetDataTransform(4, None, hr_crop=(30, 32))
+        IconetDataTransform(Acquisition(4), hr_crop=(30, 32))
     with pytest.raises(ValueError, match="unsupported scale 3"):
-        IconetDataTransform(3, None, hr_crop=(30, 30))
-    transform = IconetDataTransform(2, None, hr_crop=(64, 64))
+        IconetDataTransform(Acquisition(3), hr_crop=(30, 30))
+    transform = IconetDataTransform(Acquisition(2), hr_crop=(64, 64))
     with pytest.raises(ValueError, match=r"vol\.h5, slice 1: hr_crop 64x64 is larger than the image 32x40"):
         transform(np.ones((32, 40), np.complex64), None, None, {}, "vol.h5", 1)

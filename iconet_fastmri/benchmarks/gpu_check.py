@@ -164,7 +164,7 @@ def training_check(device: str, tiny: bool, out: Path) -> Dict[str, Any]:
                         ("fp32_eager", ["--trainer.precision", "32-true", "--model.compile", "false"])):
         metrics = out / f"validate_{name}.json"
         proc = subprocess.run(base + ["validate", *common, "--ckpt_path", "last", *extra,
-                                      "--model.volume_metrics_file", str(metrics)],
+                                      "--volume_metrics.path", str(metrics)],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             result[f"validate_{name}_error"] = proc.stderr[-3000:]

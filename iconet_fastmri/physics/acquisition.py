@@ -109,14 +109,14 @@ class Acquisition(nn.Module):
             if self.mask_func is not None:
                 check_patch_on_grid(self.mask_func, hr, patch, self.scale, name=f"mask {self.mask_name!r}")
 
-    def check_calibration(self, hr_shape: Sequence[int]) -> None:
-        """Coil maps need a fully sampled centre: refuse, at start-up, a mask without one."""
+    def check_calibration(self, hr_shape: Sequence[int], why: str = "coil maps") -> None:
+        """Coil maps need a fully sampled centre: refuse, at start-up, a mask without one (``why`` says who asks)."""
         lr = self.lr_shape(hr_shape)
         mask, _ = self.draw_mask(lr, seed=0)
         try:
             calibration_region(mask[None, None])
         except ValueError as err:
-            raise ValueError(f"coil maps from mask {self.mask_name!r}: {err}") from err
+            raise ValueError(f"{why} needs coil maps: mask {self.mask_name!r}: {err}") from err
 
     def draw_mask(self, lr_shape: Sequence[int], seed: Any = None) -> Tuple[torch.Tensor, int]:
         """One LR-grid mask ``(h, w)`` float32 and its fully sampled centre width.

@@ -335,8 +335,8 @@ def _fast_parts(x, mask, grids, complex_images: bool, noise=None) -> _LRParts:
         spec = _spectral_blocks(x, grids, None)  # G (unscaled)
         block = spec.lr_block
         observed_block = block * (mask * a)  # a * G ⊙ mask (scale folded into the small mask)
-        if noise is not None:
-            observed_block = observed_block + mask * noise
+        if noise is not None:  # signed so that lr_observed gets exactly the reference's noise (S² = 1)
+            observed_block = observed_block + mask * noise * sign_k
         lr_kspace = block * (sign_k * a)
         lr_observed = observed_block * sign_k
         # ifft2 of the unsigned blocks, then the image-side sign P = (-1)^(i+j).
@@ -352,7 +352,7 @@ def _fast_parts(x, mask, grids, complex_images: bool, noise=None) -> _LRParts:
         lr_kspace = spec.lr_block
         lr_observed = lr_kspace * mask
         if noise is not None:
-            lr_observed = lr_observed + (mask * noise) * sign_k
+            lr_observed = lr_observed + mask * noise
         half = (lr[0] // 2, lr[1] // 2)
         lr_clean = torch.roll(rss(torch.fft.ifft2(lr_kspace, norm="ortho")), half, (-2, -1))
         lr_input = torch.roll(rss(torch.fft.ifft2(lr_observed, norm="ortho")), half, (-2, -1))

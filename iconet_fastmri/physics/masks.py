@@ -40,12 +40,25 @@ Every mask except ``file`` samples its centre fully: the fastMRI masks a
 band of ``round(center_fraction * w)`` columns, the 2D masks a
 ``round(cf * h) x round(cf * w)`` block (at least 2x2).
 
-Extending: ``register_mask("mine", factory)`` where ``factory(**kwargs)``
+Extending: a factory is a class or function whose ``factory(**kwargs)``
 returns a :class:`MaskFunction` (or any callable with the same call
-signature), or, from another installed package, an entry point in the group
-``iconet_fastmri.masks`` whose object is such a factory. The classes live in
-:mod:`.mask_functions`; this module holds the seeding rules, the registry and
-:class:`MaskConfig`.
+signature). Name it by its dotted path on the command line or in a config
+(``--data.mask.name my_masks.EveryOtherLine``: the training script imports
+your module; see :mod:`iconet_fastmri.registry` for where it is looked for
+and why a checkpoint can never make us import one), give it a short name
+with ``register_mask("mine", factory)``, or, from another installed
+package, expose it as an entry point in the group ``iconet_fastmri.masks``.
+
+Acceleration: :class:`MaskConfig`'s ``accelerations`` (like
+``center_fractions``, ``seed`` and ``path``) reach only a factory that takes
+them, and only then is the mask checked at start-up against that R
+(:func:`check_mask_on_grid`) and recorded with its predictions as nominal. A
+mask that takes no ``accelerations`` may declare its nominal R as a class
+attribute ``nominal_acceleration``; without one it has none (its achieved R
+is still measured on every slice).
+
+The classes live in :mod:`.mask_functions`; this module holds the seeding
+rules, the registry and :class:`MaskConfig`.
 """
 
 from __future__ import annotations
@@ -293,8 +306,11 @@ def check_patch_on_grid(func: Callable[..., MaskResult], hr_crop: Tuple[int, int
 class MaskConfig:
     """A mask named in a config or on the command line.
 
-    ``center_fractions``, ``accelerations``, ``seed`` and ``path`` are passed
-    to masks that take them; ``options`` holds any other argument (for example
+    ``name`` is a registered name or a dotted path to your own factory
+    (``my_masks.EveryOtherLine``; imported only when your own command names
+    it, see :mod:`iconet_fastmri.registry`). ``center_fractions``,
+    ``accelerations``, ``seed`` and ``path`` are passed to masks that take
+    them; ``options`` holds any other argument (for example
     ``{"std_fraction": 0.3}`` or ``{"key": "mask"}``), passed strictly.
 
     Example (YAML)::
@@ -334,7 +350,20 @@ class MaskConfig:
         return create_mask(self.name, **self.kwargs())
 
     def nominal_acceleration(self) -> Optional[float]:
-        """The first configured acceleration R on the LR grid (None for file masks)."""
+        """The nominal acceleration R on the LR grid, ``None`` where there is none.
+
+        The first configured acceleration if the mask's factory takes
+        ``accelerations`` (it was told that R); otherwise the factory's own
+        ``nominal_acceleration`` class attribute, if it declares one. ``None``
+        for ``file`` masks and for masks that neither take nor declare an R
+        (the demo's ``accelerations: [4]`` says nothing about such a mask).
+        """
         if self.name == "file":
             return None
-        return float(self.accelerations[0]) if self.accelerations else None
+        accepted = MASKS.accepted_kwargs(self.name)
+        if accepted is None or "accelerations" in accepted:
+            return float(self.accelerations[0]) if self.accelerations else None
+        declared = getattr(MASKS.get(self.name), "nominal_acceleration", None)
+        if isinstance(declared, (int, float)) and not isinstance(declared, bool) and declared > 0:
+            return float(declared)
+        return None

@@ -1,33 +1,31 @@
 """ICONet (or any :class:`~iconet_fastmri.models.SRModel`) trained on k-space-simulated LR acquisitions.
 
 Per batch, on the device: the run's :class:`~iconet_fastmri.physics.acquisition.Acquisition`
-simulates the LR input and every target from the HR coil images and LR masks
-(FFTs in float32 under ``bf16-mixed``), :func:`~iconet_fastmri.models.network_input.network_input`
-forms the network's input (coil maps included), the model runs, and
-:class:`~iconet_fastmri.losses.MultiStageLoss` compares every stage with its
-target in per-slice normalised units. Validation, test and prediction by
-volume come from :class:`~.mri_module.MriModule`; the bicubic-on-zero-filled
-baseline is scored alongside (``val/psnr_bicubic`` ...).
+simulates the LR input and all targets (FFTs in float32 under ``bf16-mixed``),
+:func:`~iconet_fastmri.models.network_input.network_input` forms the network's input
+(coil maps included), the model runs, :class:`~iconet_fastmri.losses.MultiStageLoss`
+compares every stage. Per-volume evaluation is :class:`~.mri_module.MriModule`'s;
+the bicubic-on-zero-filled baseline is scored alongside (``val/psnr_bicubic`` ...).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import List, Literal, Optional, Tuple
+from typing import Literal, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ..data.transforms import IconetSample
-from ..losses import MultiStageLoss
+from ..losses import MultiStageLoss, complex_stage_targets
 from ..models import MODELS, BicubicSR, SRModel, model_spec
 from ..models.coil_maps import LearnedMaps
 from ..models.common import SROutput, magnitude
 from ..models.network_input import NetworkInput, network_input
 from ..physics.acquisition import Acquisition
 from ..physics.degradation import Degraded
-from ..physics.sense import complex_targets
 from .mri_module import EvalBatch, MriModule
+from .optim import adam_with_cosine
 
 __all__ = ["IconetModule"]
 
@@ -38,52 +36,32 @@ class IconetModule(MriModule):
     """The training step of an SR network on simulated acquisitions.
 
     Args:
-        model: the network, an :class:`~iconet_fastmri.models.SRModel` of a
-            registered class (``iconet_fastmri.models.MODELS``). In a config::
-
-                model:
-                  model:
-                    class_path: iconet_fastmri.models.ICONet
-                    init_args: {width: 32, blocks_per_stage: 2}
-
-            The CLI fills the model's ``scale`` from ``data.scale`` and its
-            ``in_chans`` from ``mode``. Checkpoints store
-            ``{"class_path", "init_args"}`` (never the pickled object).
-        acquisition: the :class:`~iconet_fastmri.physics.acquisition.Acquisition`
-            that simulates each batch on the device: the data module's own
-            object (the CLI passes it), so the acquisition model is configured
-            once, in the ``data`` section. Default: the model's scale, masks
-            from the batches, no noise. Checkpoints store its :meth:`spec`.
-        mode: ``"magnitude"`` (1 channel, the paper's setting) or ``"complex"``
-            (2 channels: the complex LR image, SENSE-combined for multi-coil data;
-            needed for data consistency, multi-coil through the coil maps); must
-            agree with the model's ``in_chans``.
+        model: the network, an :class:`~iconet_fastmri.models.SRModel` of a registered class
+            (``model: {model: {class_path: iconet_fastmri.models.ICONet, init_args: {width: 32}}}``).
+            The CLI fills its ``scale`` from ``data.scale`` and its ``in_chans`` from ``mode``.
+            Checkpoints store ``{"class_path", "init_args"}`` (never the pickled object).
+        acquisition: the :class:`~iconet_fastmri.physics.acquisition.Acquisition` that simulates
+            each batch: the data module's own object (the CLI passes it; configured once, under
+            ``data``). Default: the model's scale, the batches' masks, no noise. Checkpoints store its spec.
+        mode: ``"magnitude"`` (1 channel, the paper's) or ``"complex"`` (2 channels: the complex LR
+            image, SENSE-combined for multi-coil data; needed for DC); must match the model's ``in_chans``.
         lambda_sr, lambda_rec, supervise: the multi-stage loss.
         lr, betas, weight_decay: Adam.
         lr_min: end of the cosine decay (over ``trainer.max_epochs``).
         scheduler: ``"cosine"`` or ``"none"``.
         compile: ``torch.compile`` the model's forward (weights stay under ``model.``).
-        channels_last: keep the model's weights and input in ``torch.channels_last``
-            (NHWC), the layout cuDNN's bf16 kernels work in. On an H200 it took
-            bf16 + compile training from 1.57x to 2.03x the slices/s of eager fp32
-            (docs/GPU.md); alone, without compile, it gained nothing there.
-        coil_maps: coil maps of complex multi-coil runs (SENSE input and DC):
-            ``"rss"``, the on-device estimate from the calibration lines
-            (:func:`~iconet_fastmri.physics.sense.estimate_maps_rss`), or
-            ``"learned"``, that estimate refined by a U-Net trained end to end
-            with the model (:class:`~iconet_fastmri.models.coil_maps.LearnedMaps`,
-            weights under ``map_net.``; it starts equal to ``"rss"``).
+        channels_last: weights and input in ``torch.channels_last`` (NHWC), cuDNN's bf16 layout; on an
+            H200 it took bf16 + compile from 1.57x to 2.03x eager fp32 (docs/GPU.md).
+        coil_maps: maps of complex multi-coil runs (SENSE input, DC): ``"rss"``, estimated from the
+            calibration lines, or ``"learned"``, that estimate refined by a U-Net trained with the
+            model (:class:`~iconet_fastmri.models.coil_maps.LearnedMaps`, weights under ``map_net.``).
         map_chans, map_pools: width and depth of the learned refinement's U-Net.
-        lambda_phase: complex mode only: weight of a phase-aware term added to
-            the loss, the same multi-stage L1 on the (real, imag) channels
-            against the complex targets of every stage grid
-            (:func:`~iconet_fastmri.physics.sense.complex_targets`; SENSE-combined
-            with the run's coil maps for multi-coil data). The magnitude loss
-            alone leaves the output's phase free, and data consistency then
-            mixes measured samples with an estimate of the wrong phase
+        lambda_phase: complex mode only: weight of a phase-aware term, the same multi-stage
+            L1 on the (real, imag) channels against complex targets
+            (:func:`~iconet_fastmri.losses.complex_stage_targets`). The magnitude loss leaves
+            the phase free, and DC then mixes measured samples with a wrong-phase estimate
             (docs/MULTICOIL.md). 0 turns it off.
     """
-
 
     def __init__(
         self,
@@ -107,36 +85,28 @@ class IconetModule(MriModule):
     ) -> None:
         super().__init__()
         if model is None:
-            raise ValueError(
-                "IconetModule needs a model: name one (--model.model ICONet, or model.model.class_path "
-                "in the config) or give --ckpt_path of a checkpoint, whose model is then used"
-            )
+            raise ValueError("IconetModule needs a model: name one (--model.model ICONet, or model.model.class_path"
+                             " in the config) or give --ckpt_path of a checkpoint, whose model is then used")
         if not isinstance(model, SRModel):
             raise TypeError(f"model must be an iconet_fastmri.models.SRModel (got {type(model).__name__}); "
                             f"see docs/ARCHITECTURE.md, 'Add a model'")
-        for name, value, choices in (("mode", mode, ("magnitude", "complex")), ("scheduler", scheduler, ("cosine", "none")),
-                                     ("coil_maps", coil_maps, ("rss", "learned"))):
-            if value not in choices:
+        for name, value, choices in (("mode", mode, ("magnitude", "complex")),
+                                     ("scheduler", scheduler, ("cosine", "none")), ("coil_maps", coil_maps, ("rss", "learned"))):
+            if value not in choices:  # the CLI checks these Literals; direct construction is checked here
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
         if coil_maps == "learned" and mode != "complex":
             raise ValueError("coil_maps='learned' serves complex multi-coil runs: set mode: complex (or coil_maps: rss)")
-        if lambda_phase < 0:
-            raise ValueError(f"lambda_phase must be >= 0, got {lambda_phase}")
-        if lambda_phase > 0 and mode != "complex":
-            raise ValueError("lambda_phase supervises the phase of a complex output: set mode: complex")
+        if lambda_phase < 0 or (lambda_phase > 0 and mode != "complex"):
+            raise ValueError(f"lambda_phase must be >= 0 (got {lambda_phase}) and supervises a complex output: set mode: complex")
         self.in_chans = 1 if mode == "magnitude" else 2
         if model.in_chans != self.in_chans:
             raise ValueError(f"mode={mode!r} feeds {self.in_chans} channel(s) but the model has in_chans="
-                             f"{model.in_chans}; set the model's in_chans to {self.in_chans} (the CLI does this "
-                             f"from --model.mode)")
-        acquisition = acquisition if acquisition is not None else Acquisition(model.scale)
-        if acquisition.scale != model.scale:  # the one place where network and acquisition meet
-            raise ValueError(f"the model upsamples x{model.scale} but the acquisition is x{acquisition.scale}")
+                             f"{model.in_chans} (the CLI sets it from --model.mode)")
         self.save_hyperparameters(ignore=["model", "acquisition"])
         self.hparams["model"] = model_spec(model)
-        self.hparams["acquisition"] = acquisition.spec()
         self.model = model
-        self.acquisition = acquisition
+        self._use_acquisition(acquisition if acquisition is not None else Acquisition(model.scale))
+        self._own_acquisition = acquisition is not None
         self.map_net = LearnedMaps(map_chans, map_pools) if coil_maps == "learned" else None
         self.scale = model.scale
         self.method_name = MODELS.name_of(type(model)) or type(model).__name__
@@ -146,32 +116,36 @@ class IconetModule(MriModule):
         self._compiled = None
 
     # ------------------------------------------------------------------ forward path
-    def configure_model(self) -> None:
+    def configure_model(self) -> None:  # after the weights are placed on the device
         if self.hparams.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if self.hparams.compile and self._compiled is None:
-            if self.device.type == "cpu":
-                log.warning("torch.compile on the CPU: its warm-up (inductor) took over 150 s for ICONet in our "
-                            "measurement, more than a short CPU run saves; it pays on GPUs")
+            if self.device.type == "cpu":  # measured: inductor's warm-up took over 150 s for ICONet
+                log.warning("torch.compile on the CPU: its warm-up costs more than a short CPU run saves")
             # Kept out of the module tree, so checkpoints keep the plain "model." keys.
             object.__setattr__(self, "_compiled", torch.compile(self.model))
 
+    def _use_acquisition(self, acquisition: Acquisition) -> None:
+        if acquisition.scale != self.model.scale:  # the one place where network and acquisition meet
+            raise ValueError(f"the model upsamples x{self.model.scale} but the acquisition is x{acquisition.scale}")
+        self.acquisition = acquisition
+        self.hparams["acquisition"] = acquisition.spec()
+
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if not self._own_acquisition and isinstance(getattr(dm, "acquisition", None), Acquisition):
+            self._use_acquisition(dm.acquisition)  # built without the CLI: the data module's, as the CLI passes it
         challenge = getattr(dm, "challenge", None)
         if self.map_net is not None and challenge == "singlecoil":
             raise ValueError("coil_maps='learned' needs multicoil data; this run is singlecoil (use coil_maps: rss)")
         if self.in_chans == 2 and challenge == "multicoil" and self.acquisition.mask_func is not None:
-            try:  # complex multi-coil input needs coil maps, from a fully sampled centre
-                self.acquisition.check_calibration(dm.patch_size or dm.hr_crop)
-            except ValueError as err:
-                raise ValueError(f"mode='complex' on multicoil data needs coil maps: {err}") from err
+            self.acquisition.check_calibration(dm.patch_size or dm.hr_crop, "mode='complex' on multicoil data")
 
     def degrade(self, batch: IconetSample) -> Degraded:
         """Simulate the acquisition of a collated batch."""
         return self.acquisition.simulate(batch.hr_images, batch.mask)
 
-    def model_input(self, deg: Degraded) -> NetworkInput:
+    def model_input(self, deg: Degraded) -> NetworkInput:  # coil maps travel in it, not on self
         return network_input(deg, self.in_chans, self.uses_dc, self.map_net)
 
     def forward(self, inputs: NetworkInput) -> SROutput:
@@ -193,43 +167,22 @@ class IconetModule(MriModule):
         out = self(inputs)
         loss, terms = self.loss_fn(out, deg.stage_targets, deg.rec_targets)
         if self.hparams.lambda_phase > 0:
-            phase, _ = self.loss_fn(out, *self._complex_targets(batch, out, inputs.maps))
+            phase, _ = self.loss_fn(out, *complex_stage_targets(batch.hr_images, out, inputs.maps))
             terms["phase"] = phase.detach()
             loss = loss + self.hparams.lambda_phase * phase
         bs = deg.hr_target.shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
-        for name, value in terms.items():
-            if name != "total":
-                self.log(f"train/{name}", value, batch_size=bs)
+        self.log_dict({f"train/{name}": value for name, value in terms.items() if name != "total"}, batch_size=bs)
         return loss
 
-    @staticmethod
-    def _complex_targets(batch: IconetSample, out: SROutput, maps) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-        """(SR, prior) complex targets as (real, imag) channels on the grids of ``out``'s stages."""
-        sr_grids = [tuple(t.shape[-2:]) for t in (out.sr_stages or [out.sr])]
-        rec_grids = [tuple(t.shape[-2:]) for t in out.rec_stages]
-        grids = list(dict.fromkeys(sr_grids + rec_grids))
-        with torch.autocast(device_type=batch.hr_images.device.type, enabled=False):
-            images = dict(zip(grids, complex_targets(batch.hr_images, grids, maps)))
-        as_channels = lambda z: torch.cat([z.real, z.imag], dim=1)  # noqa: E731
-        return [as_channels(images[g]) for g in sr_grids], [as_channels(images[g]) for g in rec_grids]
-
     def on_train_epoch_start(self) -> None:
-        optimizers = self.trainer.optimizers if self.trainer is not None else []
-        if optimizers:
-            self.log("train/lr", float(optimizers[0].param_groups[0]["lr"]), on_step=False, on_epoch=True)
+        if self.trainer.optimizers:
+            self.log("train/lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]), on_step=False, on_epoch=True)
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        if not params:
-            return None  # bicubic / sinc: nothing to train
         hp = self.hparams
-        optimizer = torch.optim.Adam(params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
-        if hp.scheduler == "none":
-            return optimizer
-        epochs = self.trainer.max_epochs if self.trainer is not None and self.trainer.max_epochs else 1
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs), eta_min=hp.lr_min)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        epochs = self.trainer.max_epochs if self._trainer is not None and self.trainer.max_epochs else 1
+        return adam_with_cosine(self.parameters(), hp.lr, hp.betas, hp.weight_decay, hp.scheduler, hp.lr_min, epochs)
 
     # ------------------------------------------------------------------ evaluation (MriModule)
     def evaluate_batch(self, batch: IconetSample) -> EvalBatch:
