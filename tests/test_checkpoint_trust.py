@@ -64,7 +64,7 @@ def test_checkpoint_hyperparameters_never_choose_output_files(data, trained, tmp
     assert victim.read_text() == "precious"
     # fit resumed from it: the user's settings, never the checkpoint's
     main(_args("fit", data, tmp_path / "run2", "--ckpt_path", crafted, "--trainer.max_epochs", 2,
-               "--model.volume_metrics_file", tmp_path / "mine.json", model=False))
+               "--volume_metrics.path", tmp_path / "mine.json", model=False))
     assert victim.read_text() == "precious" and (tmp_path / "mine.json").is_file()
 
 

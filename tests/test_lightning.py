@@ -141,7 +141,7 @@ def test_ddp_two_processes_match_single_process(tiny_data, tmp_path):
         out = tmp_path / f"volumes{devices}.json"
         args = ["validate"] + _common(tiny_data, run) + [
             "--trainer.devices", devices, "--trainer.strategy", strategy,
-            "--model.volume_metrics_file", out,
+            "--volume_metrics.path", out,
         ]
         _cli(args, tmp_path, env={"OMP_NUM_THREADS": "1"})
         results[devices] = json.loads(out.read_text())
@@ -198,10 +198,12 @@ def test_image_panel_logged_to_tensorboard(tiny_data, tmp_path):
     from pytorch_lightning.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from iconet_fastmri.reports import ValidationPanels
+
     logger = TensorBoardLogger(save_dir=tmp_path, name="tb")
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=1, limit_val_batches=1,
                          logger=logger, enable_checkpointing=False, enable_progress_bar=False,
-                         num_sanity_val_steps=0)
+                         num_sanity_val_steps=0, callbacks=[ValidationPanels(num_images=1)])
     trainer.fit(_tiny_module(), datamodule=_tiny_dm(tiny_data))
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
     events.Reload()
@@ -234,10 +236,12 @@ def test_module_adds_no_normalisation_of_its_own():
     from iconet_fastmri.pl_modules import IconetModule
 
     deg = Acquisition(2)(torch.randn(2, 1, 16, 16, dtype=torch.complex64) * 1e-4)
-    plain = IconetModule(BicubicSR(2))(deg)
+    module = IconetModule(BicubicSR(2))
+    plain = module(module.model_input(deg))
     assert plain.norm_scale is None
     assert torch.equal(plain.sr, torch.nn.functional.interpolate(deg.lr_input, scale_factor=2.0, mode="bicubic"))
-    normalised = IconetModule(UnetSR(2, chans=4, num_pool_layers=1))(deg)
+    module = IconetModule(UnetSR(2, chans=4, num_pool_layers=1))
+    normalised = module(module.model_input(deg))
     expected = deg.lr_input.mean(dim=(1, 2, 3), keepdim=True) + 1e-12  # per_slice_scale of a magnitude image
     assert torch.allclose(normalised.norm_scale, expected)
     with pytest.raises(TypeError, match="SRModel"):

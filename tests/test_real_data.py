@@ -216,9 +216,10 @@ def test_settings_are_checked_where_they_are_given(tmp_path):
         _dm(tmp_path, mask=MaskConfig(name="radial", accelerations=[100000]))
     with pytest.warns(UserWarning, match=r"achieves R = 3\.\d+.*nominal R = 4"):
         _dm(tmp_path, mask=MaskConfig(name="equispaced", accelerations=[4]))
+    from iconet_fastmri.reports import VolumeMetricsFile
+
     with pytest.raises(FileNotFoundError, match="no_such_folder"):
-        IconetModule(ICONet(scale=2, width=4, blocks_per_stage=1),
-                     volume_metrics_file=str(tmp_path / "no_such_folder" / "val.json"))
+        VolumeMetricsFile(str(tmp_path / "no_such_folder" / "val.json"))
 
 
 def test_name_valued_options_are_rejected_at_parse_time(tmp_path):

@@ -141,8 +141,7 @@ class IconetModule(MriModule):
         if self.in_chans == 2 and challenge == "multicoil" and self.acquisition.mask_func is not None:
             self.acquisition.check_calibration(dm.patch_size or dm.hr_crop, "mode='complex' on multicoil data")
 
-    def degrade(self, batch: IconetSample) -> Degraded:
-        """Simulate the acquisition of a collated batch."""
+    def degrade(self, batch: IconetSample) -> Degraded:  # the acquisition of a collated batch
         return self.acquisition.simulate(batch.hr_images, batch.mask)
 
     def model_input(self, deg: Degraded) -> NetworkInput:  # coil maps travel in it, not on self
