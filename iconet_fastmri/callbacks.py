@@ -14,7 +14,9 @@ used older weights. :class:`IconetCheckpoint` writes ``last.ckpt``
   ``max_time``, early stopping, and an exception or signal (SIGTERM and
   SIGINT reach ``on_exception``; SIGUSR1, where no one else handles it, asks
   the trainer to stop after the current step, as a scheduler's warning
-  signal should).
+  signal should). After an exception it says what is really on disk: the
+  file it wrote (checked to exist), or that nothing was written (a fit that
+  fails in setup has no weights to save).
 
 Writes go through Lightning's checkpoint IO (a temporary file and a rename).
 The file is always ``last.ckpt`` (no ``last-v1.ckpt``): a run folder holds
@@ -77,8 +79,8 @@ class IconetCheckpoint(ModelCheckpoint):
         if step == 0:
             return "no checkpoint was written: the run stopped before its first optimiser step (no trained weights)"
         if not self.save_last:
-            return f"no last.ckpt was written (save_last is off); the weights of step {step} are lost"
-        return f"no checkpoint was written; the weights of step {step} are lost"
+            return f"no checkpoint was written (save_last is off): the weights of step {step} were not saved"
+        return f"no checkpoint was written: the weights of step {step} were not saved"
 
     # ------------------------------------------------------------------ when to write
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", *args: Any, **kwargs: Any) -> None:

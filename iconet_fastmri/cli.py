@@ -64,6 +64,7 @@ from .callbacks import CpuThreads, IconetCheckpoint
 from .machine_load import available_cores, cpu_sample, foreign_load, threads_for
 from .checkpoints import load_checkpoint
 from .models import MODELS, registered_name
+from .registry import allow_imports, search_working_directory
 from .predictions import PredictionWriter
 from .reports import FitSummary, ValidationPanels, VolumeMetricsFile
 from .pl_modules import IconetDataModule, IconetModule
@@ -307,14 +308,23 @@ _MODULE_DEFAULTS = _signature_defaults(IconetModule)
 
 
 def main(args: Optional[List[str]] = None) -> None:
-    """Entry point of ``iconet-fastmri`` and ``scripts/train_iconet_fastmri.py``."""
-    IconetCLI(
-        IconetModule,
-        IconetDataModule,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "yaml"},
-        args=args,
-    )
+    """Entry point of ``iconet-fastmri`` and ``scripts/train_iconet_fastmri.py``.
+
+    The user's own command line may name masks and k-space steps by dotted path
+    (``--data.mask.name my_masks.EveryOtherLine``): for it, and only for it,
+    registries import the module named, found on ``PYTHONPATH`` or in the
+    folder the command runs from (:mod:`iconet_fastmri.registry`). Names read
+    from checkpoints stay limited to registered ones.
+    """
+    search_working_directory()
+    with allow_imports():
+        IconetCLI(
+            IconetModule,
+            IconetDataModule,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"parser_mode": "yaml"},
+            args=args,
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

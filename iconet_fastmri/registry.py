@@ -19,7 +19,8 @@ code, so a dotted path is imported only on the say-so of the person running
 the program: inside :func:`allow_imports` (which
 ``scripts/train_iconet_fastmri.py`` opens around the whole command, so the
 command line and its config files may name ``my_masks.EveryOtherLine``), or
-with ``allow_import=True``. Everywhere else (the default: a checkpoint's
+with ``allow_import=True``; a path imported so stays usable in the process
+(rebuilding the user's mask later needs no new permission). Everywhere else (the default: a checkpoint's
 hyperparameters, a dataset cache, a prediction file's attributes, library
 code) a dotted path is accepted only if it names a *registered* factory of a
 module that is *already imported*; nothing is imported and anything else is a
@@ -31,9 +32,9 @@ with ``allow_import=False`` or ``with allow_imports(False):``.
 Where the module is found: on ``sys.path`` as Python finds any module
 (``PYTHONPATH`` included); :func:`search_working_directory` (which the
 training script calls) appends the folder the command runs from, *after*
-the installed packages, so ``my_masks.py`` next to you is found the way
-``python -m`` would find it, but can never shadow an installed module (give
-yours a name no installed module has).
+the installed packages, so ``my_masks.py`` next to you is found as under
+``python -m`` (which puts the folder first), except that it can never shadow
+an installed module (give yours a name no installed module has).
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ class Registry:
         self.kind = kind
         self.entry_point_group = entry_point_group
         self._entries: Dict[str, Callable[..., Any]] = {}
+        #: Dotted paths imported on the user's say-so in this process (usable again anywhere in it).
+        self._user_paths: Dict[str, Callable[..., Any]] = {}
         self._entry_points_loaded = False
         for name, factory in (builtins or {}).items():
             self.register(name, factory)
@@ -174,7 +177,12 @@ class Registry:
             return self._entries[name]
         if is_dotted_path(name):
             allowed = imports_allowed() if allow_import is None else bool(allow_import)
-            return self._resolve(name, allowed)
+            if name in self._user_paths and allow_import is not False:
+                return self._user_paths[name]
+            found = self._resolve(name, allowed)
+            if allowed:
+                self._user_paths[name] = found
+            return found
         raise ValueError(
             f"unknown {self.kind} {name!r}; registered {self.kind}s: {', '.join(self.names())} "
             f"(or give a dotted path, package.module.ClassName, to use one of your own)"
@@ -225,9 +233,7 @@ class Registry:
                 f"{'.'.join(parts[cut:])!r}"
             )
         if not callable(found):
-            raise ValueError(
-                f"{self.kind} {path!r} ({where}) is a {type(found).__name__}, not a class or function"
-            )
+            raise ValueError(f"{self.kind} {path!r} ({where}) is not a class or function: {found!r}")
         return found
 
     def name_of(self, factory: Callable[..., Any]) -> Optional[str]:

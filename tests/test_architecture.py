@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import re
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,7 @@ LAYERS = {
     "figures": 4,
     "pl_modules": 5,
     "callbacks": 5,
+    "reports": 5,
     "predictions": 5,
     "cli": 6,
     "inference": 6,
@@ -111,88 +114,131 @@ def test_long_modules_say_why():
     assert not long, "modules over ~500 lines without a reason in their docstring: " + ", ".join(long)
 
 
-def _doc_examples():
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
-    assert len(blocks) == 4, "docs/ARCHITECTURE.md should show a mask, a model, a step and an operator"
-    return blocks
+#: The extension sections of docs/ARCHITECTURE.md and the file each one's example is saved as.
+EXTENSIONS = {"mask": "Add a mask", "model": "Add a model", "step": "Add an acquisition effect"}
 
 
-def _run(block: str) -> dict:
-    namespace: dict = {"__name__": "architecture_example"}
-    exec(compile(block, str(DOC), "exec"), namespace)
-    return namespace
+def _sections() -> dict:
+    text = DOC.read_text(encoding="utf-8")
+    return {m.group(1).strip(): m.group(2) for m in re.finditer(r"^## (.+?)\n(.*?)(?=^## |\Z)", text, flags=re.S | re.M)}
 
 
-def test_doc_example_mask_builds_and_degrades():
-    from iconet_fastmri.physics.degradation import KSpaceDegradation
-    from iconet_fastmri.physics.masks import MASKS, MaskConfig, effective_acceleration
+def doc_example(title: str):
+    """``(file name, file text, command words)`` of one "Add a ..." section, as the doc shows them.
 
-    try:
-        _run(_doc_examples()[0])
-        mask_func = MaskConfig(name="every_other", options={"center_lines": 4}).build()
-        mask, num_low = mask_func((8, 16))
-        assert num_low == 4 and mask[:, ::2].all() and mask[:, 6:10].all()
-        assert effective_acceleration(mask) == pytest.approx(16 / 10)
-        out = KSpaceDegradation(2, mask_func=mask_func)(torch.randn(2, 1, 16, 32, dtype=torch.complex64))
-        assert torch.equal(out.mask[0, 0], mask)
-    finally:
-        MASKS.unregister("every_other")
+    The file is the section's first ``python`` block, whose first line names
+    it (``# my_masks.py``); the command is its ``bash`` block (lines ending
+    in a backslash joined), split as a shell would.
+    """
+    section = _sections()[title]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S)
+    assert code, f"docs/ARCHITECTURE.md, {title!r}: no python example"
+    first = code.group(1).splitlines()[0]
+    name = re.fullmatch(r"# (\w+\.py)", first)
+    assert name, f"docs/ARCHITECTURE.md, {title!r}: the example's first line should name its file, got {first!r}"
+    command = re.search(r"```bash\n(.*?)```", section, flags=re.S)
+    words = shlex.split(command.group(1).replace("\\\n", " ")) if command else []
+    return name.group(1), code.group(1), words
 
 
-def test_doc_example_model_trains_and_round_trips():
+def _write_example(kind: str, folder: Path) -> str:
+    """Save the doc's example file in ``folder``; its module name."""
+    name, code, _ = doc_example(EXTENSIONS[kind])
+    (folder / name).write_text(code, encoding="utf-8")
+    return name[: -len(".py")]
+
+
+@pytest.fixture
+def user_folder(tmp_path, monkeypatch):
+    """A folder outside the package on sys.path, whose modules are forgotten afterwards."""
+    before = set(sys.modules)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in set(sys.modules) - before:
+        if getattr(sys.modules[name], "__file__", "") and str(tmp_path) in str(sys.modules[name].__file__):
+            del sys.modules[name]
+
+
+def test_every_extension_section_shows_a_file_and_a_command():
+    for kind, title in EXTENSIONS.items():
+        name, _, words = doc_example(title)
+        assert words[:3] == ["python", "scripts/train_iconet_fastmri.py", "fit"], (title, words)
+        assert any(name[: -len(".py")] + "." in w for w in words), f"{title}: the command does not name {name}"
+
+
+def test_doc_example_mask_draws_its_mask(user_folder):
+    from iconet_fastmri.physics.masks import MaskConfig, check_mask_on_grid, effective_acceleration
+    from iconet_fastmri.registry import allow_imports
+
+    module = _write_example("mask", user_folder)
+    config = MaskConfig(name=f"{module}.EveryOtherLine", options={"center_lines": 4})
+    with allow_imports():
+        mask_func = config.build()
+        nominal = config.nominal_acceleration()
+    assert nominal is None  # it takes no accelerations and declares none: the demo's R = 4 is not its R
+    mask, num_low = mask_func((8, 16))
+    assert mask.shape == (8, 16) and num_low == 4 and mask[:, ::2].all() and mask[:, 6:10].all()
+    assert effective_acceleration(mask) == pytest.approx(16 / 10)
+    assert check_mask_on_grid(mask_func, (8, 16), nominal) == pytest.approx(1.6)
+    # The R the doc states for the demo's grid (64x64 LR) with center_lines 12.
+    assert effective_acceleration(type(mask_func)(12)((64, 64))[0]) == pytest.approx(1.68, abs=0.005)
+
+
+def test_doc_example_model_trains_and_round_trips(user_folder):
+    import importlib
+
     from iconet_fastmri.models import MODELS, model_from_spec, model_spec
-    from iconet_fastmri.physics.degradation import KSpaceDegradation
-    from iconet_fastmri.pl_modules import IconetModule
 
     try:
-        ns = _run(_doc_examples()[1])
+        TinySR = importlib.import_module(_write_example("model", user_folder)).TinySR
+        assert MODELS.name_of(TinySR) == "tiny_sr"
         torch.manual_seed(0)
-        module = IconetModule(ns["TinySR"](scale=2, width=4), lr=1e-2, scheduler="none")
-        deg = KSpaceDegradation(2)(torch.randn(2, 1, 16, 16, dtype=torch.complex64))
-        optimizer = module.configure_optimizers()
+        model = TinySR(scale=2, width=4)
+        lr, hr = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 16, 16)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
         losses = []
         for _ in range(5):
-            loss, _ = module.loss_fn(module(deg), deg)
+            loss = torch.nn.functional.l1_loss(model(lr).sr, hr)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         assert losses[-1] < losses[0]
-        spec = module.hparams["model"]
-        assert spec == model_spec(module.model) and spec["init_args"]["width"] == 4
+        spec = model_spec(model)
+        assert spec["init_args"]["width"] == 4
         rebuilt = model_from_spec(spec)
-        rebuilt.load_state_dict(module.model.state_dict())
-        assert module.method_name == "tiny_sr"
+        rebuilt.load_state_dict(model.state_dict())
+        assert torch.equal(rebuilt(lr).sr, model(lr).sr)
     finally:
         MODELS.unregister("tiny_sr")
 
 
-def test_doc_example_step_changes_only_acquired_samples():
-    from iconet_fastmri.physics.degradation import KSPACE_STEPS, KSpaceDegradation, build_kspace_steps
-    from iconet_fastmri.physics.fft import ifft2c
-    from iconet_fastmri.physics.operators import rss
+def test_doc_example_step_changes_only_acquired_samples(user_folder):
+    from iconet_fastmri.physics.degradation import build_kspace_steps
+    from iconet_fastmri.registry import allow_imports
 
-    try:
-        _run(_doc_examples()[2])
-        x = torch.randn(2, 3, 16, 24, dtype=torch.complex64)
-        mask = (torch.rand(2, 1, 8, 12) > 0.5).float()
-        plain = KSpaceDegradation(2)(x, mask)
-        steps = build_kspace_steps([{"name": "gain_drift", "max_drift": 0.2}])
-        drifted = KSpaceDegradation(2, steps=steps)(x, mask)
-        gain = 1 + 0.2 * torch.linspace(-1, 1, 12)
-        assert torch.allclose(drifted.lr_observed, plain.lr_observed * gain, atol=1e-6)
-        assert torch.allclose(drifted.lr_input, rss(ifft2c(drifted.lr_observed)), atol=1e-5)
-        assert torch.equal(drifted.lr_clean, plain.lr_clean)  # targets are untouched
+    path = f"{_write_example('step', user_folder)}.GainDrift"
+    g = torch.Generator().manual_seed(0)
+    mask = (torch.rand(2, 1, 8, 12, generator=g) > 0.5).float()
+    kspace = torch.randn(2, 3, 8, 12, dtype=torch.complex64, generator=g) * mask
+    with allow_imports():
+        (step,) = build_kspace_steps([{"name": path, "max_drift": 0.2}])
         with pytest.raises(ValueError, match="does not take argument"):
-            build_kspace_steps([{"name": "gain_drift", "max_drfit": 0.2}])
-        with pytest.raises(ValueError, match="unknown k-space step 'gain_drfit'"):
-            build_kspace_steps([{"name": "gain_drfit"}])
-    finally:
-        KSPACE_STEPS.unregister("gain_drift")
+            build_kspace_steps([{"name": path, "max_drfit": 0.2}])
+        with pytest.raises(ValueError, match="has no attribute 'GainDrfit'"):
+            build_kspace_steps([{"name": path[: -len("GainDrift")] + "GainDrfit"}])
+    drifted = step(kspace, mask)
+    gain = 1 + 0.2 * torch.linspace(-1, 1, 12)
+    assert torch.allclose(drifted, kspace * gain, atol=1e-6)
+    assert not drifted[(mask == 0).expand_as(drifted)].any()  # samples not acquired stay zero
+    with pytest.raises(ValueError, match="unknown k-space step 'gain_drfit'"):
+        build_kspace_steps([{"name": "gain_drfit"}])
 
 
 def test_doc_example_operator_is_adjoint():
-    ns = _run(_doc_examples()[3])
+    block = re.search(r"```python\n(.*?)```", _sections()["Add an operator"], flags=re.S).group(1)
+    ns: dict = {"__name__": "architecture_example"}
+    exec(compile(block, str(DOC), "exec"), ns)
     g = torch.Generator().manual_seed(0)
     mask = (torch.rand(1, 1, 6, 8, generator=g) > 0.5).float()
     op = ns["Sampling"](mask)

@@ -100,6 +100,7 @@ def test_round_trip_equals_fastmri_evaluate(tiny_checkpoint, singlecoil_dir, tmp
         assert t["psnr_mean"] == pytest.approx(np.mean(vals))
 
 
+@pytest.mark.slow
 def test_evaluate_script_outputs_and_errors(tiny_checkpoint, singlecoil_dir, tmp_path):
     run_inference(singlecoil_dir, tmp_path / "iconet", checkpoint=tiny_checkpoint, progress=False)
     run_inference(singlecoil_dir, tmp_path / "sinc", baseline="zero_filled_sinc", scale=2, hr_crop=(32, 32), progress=False)
@@ -156,6 +157,7 @@ def test_cli_predict_writes_what_run_inference_writes(tiny_checkpoint, singlecoi
                 assert np.array_equal(np.asarray(a.attrs[key]), np.asarray(b.attrs[key])), key
 
 
+@pytest.mark.slow
 def test_mask_sweep_end_to_end(tiny_checkpoint, singlecoil_dir, tmp_path):
     """scripts/mask_sweep.py: a checkpoint and a baseline x 2 masks x 2 accelerations -> table and plot."""
     proc = subprocess.run(
@@ -183,6 +185,7 @@ def test_mask_sweep_end_to_end(tiny_checkpoint, singlecoil_dir, tmp_path):
     assert "| model | random | 4 |" in (tmp_path / "sweep" / "sweep.md").read_text()
 
 
+@pytest.mark.slow
 def test_reproduce_demo_end_to_end_and_resumable(tmp_path):
     """scripts/reproduce.py --demo: train, infer, evaluate, table; a rerun skips every finished step."""
     tiny = ["--data.data_path", str(tmp_path / "data"), "--data.demo_volumes", "[2, 1]",
@@ -224,6 +227,12 @@ def test_reproduce_readme_needs_its_markers(tmp_path):
     with pytest.raises(SystemExit, match="reproduce:demo"):
         module.write_readme_table(readme, "demo", "| method | acquisition |\n|---|---|\n| a | all |\n")
     assert readme.read_text() == "no markers here\n"
+    # a marker twice (once quoted in prose) is refused by the command itself, before any work starts
+    twice = "see the `<!-- reproduce:demo -->` line\n<!-- reproduce:demo -->\nold\n<!-- /reproduce:demo -->\n"
+    readme.write_text(twice)
+    with pytest.raises(SystemExit, match=r"README\.md: <!-- reproduce:demo --> occurs 2 times"):
+        module.main(["--demo", "--out", str(tmp_path / "out"), "--readme", str(readme)])
+    assert not (tmp_path / "out").exists() and readme.read_text() == twice
     table = ("| method | acquisition | PSNR (dB) |\n|---|---|---|\n| a | AXT1 | 20 |\n| a | AXT2 | 22 |\n"
              "| a | all | 21 |\n| b | AXT1 | 19 |\n| b | all | 19 |\n")
     assert module.pooled_rows(table).splitlines()[2:] == ["| a | all | 21 |", "| b | all | 19 |"]

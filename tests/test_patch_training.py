@@ -5,7 +5,7 @@ each undersampled axis. A patch narrower than the slice along such an axis
 (the width, for fastMRI's 1D masks) has different aliasing, and a network
 trained on it does not transfer to full slices: on the demo the U-Net SR
 baseline trained on ``[128, 32]`` patches scored 16.16 dB, below zero-filled
-bicubic (17.63 dB), against 21.57 dB trained on full slices (README, "Patch
+bicubic (17.63 dB), against 21.57 dB trained on full slices (docs/REAL_DATA.md, "Patch
 training"). Such patches are now refused at start-up; patches along the fully
 sampled readout (rows) are allowed, and they train as well as full slices.
 """
@@ -77,6 +77,7 @@ def _train_and_validate(root, patch_size, batch_size, steps=150, seed=0):
     return float(trainer.validate(module, datamodule=dm, verbose=False)[0]["val/psnr"])
 
 
+@pytest.mark.slow
 def test_readout_patches_train_as_well_as_full_slices(patch_data, monkeypatch):
     """Same steps, same pixels per step (half-height patches, twice the batch), validated on full slices.
 
@@ -90,8 +91,8 @@ def test_readout_patches_train_as_well_as_full_slices(patch_data, monkeypatch):
     rows = _train_and_validate(patch_data, (32, 64), 8)
     assert rows >= full - 1.5, f"readout patches {rows:.2f} dB vs full slices {full:.2f} dB"
 
-    import iconet_fastmri.pl_modules.data_module as data_module
+    import iconet_fastmri.physics.acquisition as acquisition
 
-    monkeypatch.setattr(data_module, "check_patch_on_grid", lambda *a, **k: None)
+    monkeypatch.setattr(acquisition, "check_patch_on_grid", lambda *a, **k: None)
     narrow = _train_and_validate(patch_data, (64, 32), 8)
     assert narrow < full - 1.5, f"narrow phase-encode patches {narrow:.2f} dB vs full slices {full:.2f} dB"

@@ -217,7 +217,7 @@ def chunk_bounds(total: int, per: int, min_size: int = 2) -> List[Tuple[int, int
 #: then the FFT output in place (fewer, cache-resident ops); above it the single
 #: quadrant pass after the FFT moves less memory.
 _SMALL_NUMEL = 1 << 20
-#: The same bound on CUDA, measured on an H200 (``scripts/gpu_ab.py``): the in-place
+#: The same bound on CUDA, measured on an H200 (a one-off A/B, ``docs/gpu/h200_run2_gpu_ab.json`` and ``h200_run3_gpu_ab.json``): the in-place
 #: modulations (three kernels) beat the quadrant pass (five kernels, four of them
 #: strided) up to a 15-coil 640x368 slice (0.126 vs 0.230 ms; floor 0.077) and lose
 #: on a batch of 8 of them (0.77 vs 0.66 ms; floor 0.43).
