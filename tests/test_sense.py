@@ -113,6 +113,7 @@ def test_sense_combined_image_equals_the_rss_target(phantom):
     assert torch.allclose(ifft2c(op(image)), exact * image, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_complex_mode_on_multicoil_data_feeds_the_sense_combined_image(tmp_path):
     """mode: complex works for multi-coil data; the metric compares |output| with the RSS target."""
     import pytorch_lightning as pl
@@ -166,7 +167,7 @@ def test_complex_mode_on_multicoil_data_feeds_the_sense_combined_image(tmp_path)
 
 @pytest.mark.parametrize("grid", [(16, 20), (32, 40), (33, 41)])
 def test_sense_dc_single_coil_is_the_plain_dc(grid):
-    from iconet_fastmri.physics.operators import data_consistency
+    from helpers.reference_dc import data_consistency
     from iconet_fastmri.physics.sense import sense_data_consistency
 
     x = _randn(2, 1, *grid, seed=1)

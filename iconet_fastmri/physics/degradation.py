@@ -1,7 +1,7 @@
 """The LR acquisition model, ``y = M · (T · F · x) + n``, batched and device-agnostic.
 
 :func:`reference_forward` is the model as a reader checks it against the
-README's conventions (``docs/MODEL.md``, "Conventions"), in the operators of
+conventions (``docs/PIPELINE.md``, "Degradation conventions"), in the operators of
 :mod:`.operators`:
 
 1. ``F``: centred orthonormal FFT of the HR per-coil complex images ``x``

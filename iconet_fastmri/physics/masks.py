@@ -269,8 +269,8 @@ def check_patch_on_grid(func: Callable[..., MaskResult], hr_crop: Tuple[int, int
     smaller FOV, so its aliasing is a different artifact from the one the
     network meets on full slices (and a patch cut after degradation holds
     aliasing whose source lies outside it). Trained on such patches the U-Net
-    SR baseline fell below zero-filled bicubic on full slices (README,
-    "Patch training"). Patches may shrink only along fully sampled axes (the
+    SR baseline fell below zero-filled bicubic on full slices
+    (docs/REAL_DATA.md, "Patch training"). Patches may shrink only along fully sampled axes (the
     readout, rows, for fastMRI's 1D masks).
 
     Args:
@@ -298,7 +298,7 @@ def check_patch_on_grid(func: Callable[..., MaskResult], hr_crop: Tuple[int, int
             f"patch_size {list(patch_size)} is smaller than hr_crop {list(hr_crop)} along the "
             f"{' and '.join(short)}, which {name} undersamples: a patch with a smaller field of view has "
             f"different aliasing from a full slice, and a network trained on it does not transfer "
-            f"(README, 'Patch training'); {hint}"
+            f"(docs/REAL_DATA.md, 'Patch training'); {hint}"
         )
 
 

@@ -10,13 +10,14 @@ convention of :mod:`.fft` (centred, orthonormal, last two dimensions).
   :func:`crop_kspace` / :func:`pad_kspace`, and the same pair as an operator,
   :class:`KSpaceTruncation`. The intensity rule: truncation multiplies by
   ``sqrt(hw / HW)`` so that the LR image of a flat region keeps its value.
-* :func:`sinc_upsample` (zero-padding interpolation), :func:`rss` (coil
-  combination; the magnitude for one coil) and :func:`data_consistency`.
+* :func:`sinc_upsample` (zero-padding interpolation) and :func:`rss` (coil
+  combination; the magnitude for one coil). Data consistency goes through the
+  SENSE operator ``A``: :func:`~.sense.sense_data_consistency`.
 
 Operators follow one small protocol, :class:`LinearOperator`: ``forward``
-and ``adjoint``, each tested for ``<A x, y> == <x, Aᴴ y>`` in
-``tests/test_operators.py``. A new operator is a subclass with those two
-methods and an adjointness test.
+and ``adjoint``, each tested for ``<A x, y> == <x, Aᴴ y>`` with the shared
+check ``tests/helpers/adjoint.py: assert_adjoint``. A new operator is a
+subclass with those two methods and such a test.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ __all__ = [
     "pad_kspace",
     "sinc_upsample",
     "rss",
-    "data_consistency",
     "LinearOperator",
     "KSpaceTruncation",
 ]
@@ -171,44 +171,6 @@ def _rss_accumulate(coil_images: torch.Tensor, dim: int, keepdim: bool) -> torch
     assert acc is not None
     out = acc.sqrt_()
     return out.unsqueeze(dim) if keepdim else out
-
-
-def data_consistency(
-    image: torch.Tensor,
-    measured: torch.Tensor,
-    mask: torch.Tensor,
-    lam: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """k-space data consistency of a complex image against measured LR samples.
-
-    The image may live on a finer grid than the measurements (a later ICONet
-    stage): then the measured block is the intensity-preserving crop ``A``
-    of its k-space, and the correction is applied through the adjoint pair
-    (:func:`crop_kspace`, :func:`pad_kspace`).
-
-    Args:
-        image: complex image ``(B, C, H', W')``.
-        measured: centred measured LR k-space ``(B, C, h, w)`` (zero where not sampled).
-        mask: sampling mask broadcastable to ``(B, C, h, w)``, 1 where acquired.
-        lam: ``None`` for hard DC (measured samples replace the estimate where
-            ``mask == 1``); otherwise a non-negative tensor ``λ`` for soft DC,
-            ``k <- k + mask * λ / (1 + λ) * (y - k)`` (``λ -> ∞`` is hard DC).
-
-    Returns:
-        The corrected complex image, same shape as ``image``.
-    """
-    grid = (image.shape[-2], image.shape[-1])
-    lr = (measured.shape[-2], measured.shape[-1])
-    kspace = fft2c(image)
-    mask = mask.to(torch.float32)
-    if grid == lr:
-        residual = mask * (measured - kspace)
-        weight = 1.0 if lam is None else lam / (1.0 + lam)
-        return ifft2c(kspace + weight * residual)
-    a2 = intensity_factor(lr, grid) ** 2
-    residual = mask * (measured - crop_kspace(kspace, lr))
-    weight = 1.0 if lam is None else lam / (1.0 + lam)
-    return ifft2c(kspace + pad_kspace(weight * residual, grid) / a2)
 
 
 class LinearOperator:

@@ -32,8 +32,8 @@
   ``λ / (1 + λ)`` (soft) and ``a`` the truncation's intensity factor. It is
   DC in coil k-space followed by SENSE combination: the coil images ``S x``
   get the measured samples (hard) where the mask is 1, and ``Sᴴ`` combines
-  them. For single-coil data (``maps=None``) this is exactly
-  :func:`~iconet_fastmri.physics.operators.data_consistency`; for multi-coil
+  them. For single-coil data (``maps=None``) this is plain k-space DC (tested
+  against an independent implementation); for multi-coil
   data ``A`` of the result equals the measurement only as far as the
   measurement lies in the range of the maps (``S Sᴴ`` is a projection).
 """

@@ -100,7 +100,7 @@ class IconetDataModule(pl.LightningDataModule):
         patch_size: optional random HR training patch ``[ph, pw]`` (multiples of s). It may be
             smaller than ``hr_crop`` only along axes the mask samples fully (the rows, for
             fastMRI's 1D masks): a narrower field of view along an undersampled axis changes
-            the aliasing, so it is refused at start-up (README, "Patch training").
+            the aliasing, so it is refused at start-up (docs/REAL_DATA.md, "Patch training").
         batch_size: slices per batch (per device).
         num_workers: data loader workers.
         sample_rate: fraction of training slices to use.
