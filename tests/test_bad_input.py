@@ -192,6 +192,7 @@ def test_dataset_names_bad_file_and_can_skip_it(tmp_path, singlecoil_dir, caplog
     assert all("zzz" not in str(s.fname) for s in ds.raw_samples)
 
 
+@pytest.mark.slow
 def test_unknown_config_key_is_rejected(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("model:\n  widht: 16\n")

@@ -34,6 +34,7 @@ def report(tmp_path_factory):
     return data
 
 
+@pytest.mark.slow
 def test_every_section_present_without_errors(report):
     for name in SECTIONS:
         assert name in report, name
@@ -57,6 +58,7 @@ def test_every_section_present_without_errors(report):
     assert any(r.get("slices_per_s", 0) > 0 for r in model["rows"])
 
 
+@pytest.mark.slow
 def test_environment_fields_in_every_row(report):
     env = report["env"]
     for key in ENV_FIELDS + ("cpu_model",):
@@ -69,6 +71,7 @@ def test_environment_fields_in_every_row(report):
             assert key in row, (key, row)
 
 
+@pytest.mark.slow
 def test_compared_pairs_agree(report):
     corr = report["correctness"]
     sections = {c["section"] for c in corr}
@@ -89,6 +92,7 @@ def test_compared_pairs_agree(report):
         assert row["max_abs_diff"] < 1e-4, row
 
 
+@pytest.mark.slow
 def test_targets_and_table_printed(report):
     assert report["targets"], "no targets evaluated"
     for t in report["targets"]:
@@ -105,6 +109,7 @@ def test_targets_and_table_printed(report):
         assert heading in out, heading
 
 
+@pytest.mark.slow
 def test_sections_flag_selects(tmp_path):
     out = tmp_path / "fft_only.json"
     proc = subprocess.run(
@@ -139,6 +144,7 @@ def test_sections_flag_selects(tmp_path):
     assert bad.returncode != 0 and "unknown section" in bad.stderr
 
 
+@pytest.mark.slow
 def test_gpu_check_cpu_path(tmp_path):
     """scripts/gpu_check.py's CPU-vs-CPU path at tiny sizes (the GPU run uses the same code)."""
     proc = subprocess.run(
@@ -157,6 +163,7 @@ def test_gpu_check_cpu_path(tmp_path):
     assert "gpu_check passed" in proc.stdout
 
 
+@pytest.mark.slow
 def test_gpu_check_benchmark_step_cpu_path(tmp_path):
     """The bounded benchmark step of gpu_check (device sections, then the CPU degradation reference)."""
     proc = subprocess.run(

@@ -93,6 +93,7 @@ def test_typed_architecture_conflicting_with_the_checkpoint_is_an_error(data, tr
 
 
 # ------------------------------------------------------------------ 3: one run per folder
+@pytest.mark.slow
 def test_a_second_fit_into_the_same_folder_is_refused_or_moves_the_old_run_aside(data, trained):
     run = trained.parent.parent
     with pytest.raises(ValueError, match="already holds checkpoints of an earlier run"):
@@ -130,11 +131,13 @@ def test_ckpt_path_last_resolves_to_exactly_one_file(data, trained, tmp_path):
                      "--trainer.callbacks.signum", int(signal.SIGUSR1), "--trainer.callbacks.at_step", 4), 4),
     ],
 )
+@pytest.mark.slow
 def test_last_ckpt_holds_the_final_weights(data, tmp_path, ending, extra, expected_step):
     main(_args("fit", data, tmp_path, *extra))
     assert _step(tmp_path / "checkpoints" / "last.ckpt") == expected_step
 
 
+@pytest.mark.slow
 def test_last_ckpt_is_saved_on_sigterm(data, tmp_path):
     with pytest.raises(BaseException) as info:
         main(_args("fit", data, tmp_path, "--trainer.max_epochs", 20, "--trainer.check_val_every_n_epoch", 1,
@@ -144,6 +147,7 @@ def test_last_ckpt_is_saved_on_sigterm(data, tmp_path):
     assert _step(tmp_path / "checkpoints" / "last.ckpt") == 4
 
 
+@pytest.mark.slow
 def test_last_ckpt_is_saved_at_max_time_and_every_n_steps(data, tmp_path):
     main(_args("fit", data, tmp_path / "time", "--trainer.max_epochs", 1000, "--trainer.check_val_every_n_epoch", 1,
                "--trainer.max_time", "00:00:00:04",

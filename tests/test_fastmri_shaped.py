@@ -48,6 +48,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.slow
 def test_fit_validate_test_inference_evaluation(fastmri_root, tmp_path, case):
     run = tmp_path / "run"
     common = [

@@ -69,6 +69,7 @@ def _metrics(run_dir):
 
 
 @pytest.mark.parametrize("challenge", ["singlecoil", "multicoil"])
+@pytest.mark.slow
 def test_fit_two_epochs_through_cli(tiny_data, tmp_path, challenge):
     run = tmp_path / "run"
     proc = _cli(["fit"] + _common(tiny_data, run, challenge), tmp_path)
@@ -87,6 +88,7 @@ def test_fit_two_epochs_through_cli(tiny_data, tmp_path, challenge):
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 2 * 3  # 6 slices / batch 2 = 3 steps
 
 
+@pytest.mark.slow
 def test_resume_from_last_continues(tiny_data, tmp_path):
     run = tmp_path / "run"
     _cli(["fit"] + _common(tiny_data, run, epochs=1), tmp_path)
@@ -133,6 +135,7 @@ def test_validation_masks_identical_across_runs_and_workers(tiny_data):
         assert all(torch.equal(x[2], y[2]) for x, y in zip(runs[0], other))
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_single_process(tiny_data, tmp_path):
     """gloo DDP on 2 CPU processes: same per-volume validation metrics, each volume once."""
     results = {}
@@ -166,6 +169,7 @@ def _tiny_dm(root, **kw):
                             use_dataset_cache=False, **kw)
 
 
+@pytest.mark.slow
 def test_bf16_mixed_training_keeps_ffts_in_fp32(tiny_data, tmp_path):
     import pytorch_lightning as pl
 
@@ -250,6 +254,7 @@ def test_module_adds_no_normalisation_of_its_own():
         IconetModule(BicubicSR(2), mode="complex")
 
 
+@pytest.mark.slow
 def test_cli_injects_any_registered_model_and_links_the_acquisition(tmp_path):
     """--model.model picks the network; data.scale and model.mode reach its init args; --help lists them."""
     from iconet_fastmri.cli import IconetCLI
@@ -373,6 +378,7 @@ def test_every_shipped_config_builds(config, tmp_path):
         assert cli.model.uses_dc and cli.model.model.dc_mode == "soft" and cli.model.model.dc_sr_mode == "soft"
 
 
+@pytest.mark.slow
 def test_channels_last_trains_the_same_weights_and_saves_plain_checkpoints(tiny_data, tmp_path):
     """--model.channels_last: NHWC weights and input, the same numbers, loadable without the flag."""
     import pytorch_lightning as pl

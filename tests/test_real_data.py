@@ -55,6 +55,7 @@ def coils_root(tmp_path_factory):
 
 
 # ------------------------------------------------------------------ 1, 2: batching
+@pytest.mark.slow
 def test_varying_coil_counts_batch_and_train(coils_root, tmp_path):
     ds = IconetSliceDataset(coils_root / "multicoil_train", "multicoil", use_dataset_cache=False,
                             transform=IconetDataTransform(Acquisition(2), (32, 32)))

@@ -65,6 +65,7 @@ def _weights(run):
     return load_checkpoint(run / "checkpoints" / "last.ckpt")
 
 
+@pytest.mark.slow
 def test_sigkill_resume_matches_uninterrupted_and_runs_are_bitwise_identical(data, tmp_path):
     epochs = 3
     _run(_args(data, tmp_path / "a", epochs), tmp_path)
@@ -146,6 +147,7 @@ class _Evil:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.slow
 def test_crafted_checkpoint_is_refused_and_nothing_runs(data, tmp_path):
     marker = tmp_path / "pwned.txt"
     evil = tmp_path / "evil.ckpt"
@@ -200,6 +202,7 @@ def test_dataset_cache_is_private_json_and_rebuilt_when_unreadable(data, tmp_pat
         IconetSliceDataset(copy, "singlecoil", use_dataset_cache=True, cache_dir=cache)
 
 
+@pytest.mark.slow
 def test_training_with_a_corrupt_file_skips_it_with_a_warning(data, tmp_path):
     bad = tmp_path / "data"
     shutil.copytree(data, bad)

@@ -259,6 +259,7 @@ def test_learned_maps_start_at_the_rss_estimate_and_skip_zero_padded_coils():
     torch.testing.assert_close(moved.abs().pow(2).sum(1)[inside], torch.ones(int(inside.sum())), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_learned_maps_train_end_to_end_and_round_trip_through_a_checkpoint(tmp_path, singlecoil_dir):
     import pytorch_lightning as pl
 
