@@ -10,6 +10,11 @@
 * Tables: mean ± std over volumes per method x acquisition x scale x
   acceleration (with the effective acceleration s² × R), optional bootstrap
   confidence intervals, and a paired comparison of two methods.
+
+The module is long because scoring must refuse every way a prediction folder
+can be wrong (NaN, complex, off-grid, mis-declared, duplicated) with a message
+naming the file, next to the tables it feeds; splitting the checks from the
+scoring would put the rule and its exceptions in two places.
 """
 
 from __future__ import annotations

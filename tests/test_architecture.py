@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.adjoint import assert_adjoint
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "iconet_fastmri"
 DOC = ROOT / "docs" / "ARCHITECTURE.md"
@@ -107,11 +109,17 @@ def test_long_modules_say_why():
     long = []
     for module, path in _modules():
         text = path.read_text(encoding="utf-8")
-        if text.count("\n") > 520:
+        if text.count("\n") > 420:
             docstring = ast.get_docstring(ast.parse(text)) or ""
             if "long because" not in docstring.lower():
                 long.append(f"{module}: {text.count(chr(10))} lines")
-    assert not long, "modules over ~500 lines without a reason in their docstring: " + ", ".join(long)
+    assert not long, "modules over ~400 lines without a reason in their docstring: " + ", ".join(long)
+
+
+def test_the_training_module_stays_thin():
+    """IconetModule is the training step only: per-volume evaluation, reports and the optimiser live elsewhere."""
+    lines = (PACKAGE / "pl_modules" / "iconet_module.py").read_text(encoding="utf-8").count("\n")
+    assert lines < 200, f"pl_modules/iconet_module.py has {lines} lines"
 
 
 #: The extension sections of docs/ARCHITECTURE.md and the file each one's example is saved as.
@@ -242,8 +250,4 @@ def test_doc_example_operator_is_adjoint():
     g = torch.Generator().manual_seed(0)
     mask = (torch.rand(1, 1, 6, 8, generator=g) > 0.5).float()
     op = ns["Sampling"](mask)
-    x = torch.randn(2, 3, 6, 8, dtype=torch.complex128, generator=g)
-    y = torch.randn(2, 3, 6, 8, dtype=torch.complex128, generator=g)
-    lhs = torch.vdot(op(x).flatten(), y.flatten())
-    rhs = torch.vdot(x.flatten(), op.adjoint(y).flatten())
-    assert torch.allclose(lhs, rhs)
+    assert_adjoint(op.forward, op.adjoint, x_shape=(2, 3, 6, 8), rtol=1e-12)

@@ -24,7 +24,7 @@
 ``--work`` holds the demo data and the training run (default ``--out``).
 
 ``--device cpu --tiny`` runs the same code CPU against CPU at tiny sizes (no
-compile, fp32 only): CI runs it (``tests/test_benchmark.py``) so the script
+compile, fp32 only): CI runs it (``tests/benchmarks/test_benchmark.py``) so the script
 cannot rot between GPU sessions. Exit status 1 when a check fails; every
 figure goes to ``<out>/gpu_check.json``, rewritten after each step.
 """

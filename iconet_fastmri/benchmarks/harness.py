@@ -8,6 +8,10 @@ and :data:`PROFILES` set the sizes and time limits of each mode.
 Nothing here imports torch at import time (``--thp`` must be set first):
 :class:`Bench` imports it when it is created and hands it to the sections as
 ``b.torch``.
+
+The module is long because timing on noisy shared machines needs its
+bookkeeping in one place: interleaved repeats, the load of other processes,
+peak memory on both devices, numerical comparison and the per-mode budgets.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ Each class here is a mask function as :mod:`.masks` defines it, called as
 ``mask_func((h, w), seed=None) -> (mask, num_low_frequencies)``, with its own
 ``numpy`` RandomState for training draws and an explicit ``seed`` for
 deterministic ones. :mod:`.masks` registers them by name.
+
+The module is long because it holds every built-in mask side by side (fastMRI's
+wrapped 1D masks, Poisson disc, Gaussian 1D/2D, radial, file): they share one
+seeding and centre-sampling contract, which is easiest to check across them here.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from iconet_fastmri.physics.masks import MaskConfig, mask_seed
 from iconet_fastmri.models import ICONet
 from iconet_fastmri.pl_modules import IconetModule
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

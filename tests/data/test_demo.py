@@ -361,7 +361,7 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
 def test_cli_runs(tmp_path, capsys):
     import importlib.util
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "make_demo_data.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "make_demo_data.py"
     spec = importlib.util.spec_from_file_location("make_demo_data", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -19,7 +19,7 @@ from iconet_fastmri.data.validation import FastMRIFileError, validate_fastmri_fi
 from iconet_fastmri.physics.acquisition import Acquisition
 from iconet_fastmri.physics.masks import create_mask
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()

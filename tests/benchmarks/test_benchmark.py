@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "benchmark.py"
 SECTIONS = ("fft", "degradation", "sense", "model", "inference", "memory")
 ENV_FIELDS = ("device", "device_name", "torch", "cuda", "threads")

@@ -16,7 +16,7 @@ from iconet_fastmri.physics.masks import MaskConfig
 from iconet_fastmri.metrics import VolumeAccumulator, volume_metrics
 from iconet_fastmri.pl_modules import IconetDataModule
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "train_iconet_fastmri.py"
 
 

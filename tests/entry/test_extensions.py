@@ -23,7 +23,7 @@ import torch
 from iconet_fastmri.registry import Registry, allow_imports, imports_allowed, search_working_directory
 from test_architecture import EXTENSIONS, doc_example
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "train_iconet_fastmri.py"
 
 
@@ -328,7 +328,7 @@ USES = {"mask": ("EveryOtherLine", "__call__", "my_masks.EveryOtherLine"),
 
 COUNTER = '''
 
-# --- added by tests/test_extensions.py: count the calls that prove the run used this class
+# --- added by tests/entry/test_extensions.py: count the calls that prove the run used this class
 def _count_calls(cls, method, path):
     original = getattr(cls, method)
     def counted(self, *args, **kwargs):

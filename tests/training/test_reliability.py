@@ -20,7 +20,7 @@ from iconet_fastmri.data.dataset import IconetSliceDataset
 from iconet_fastmri.demo import write_fastmri_dataset
 from iconet_fastmri.inference import write_volume_atomic
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "train_iconet_fastmri.py"
 
 
