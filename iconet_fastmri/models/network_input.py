@@ -9,10 +9,9 @@ phase-aware loss); nothing is kept between calls.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
-from torch import nn
 
 from ..physics.degradation import Degraded
 from ..physics.fft import ifft2c
@@ -37,17 +36,21 @@ class NetworkInput:
     dc: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+MapEstimator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def network_input(deg: Degraded, in_chans: int, uses_dc: bool = False,
-                  map_net: Optional[nn.Module] = None) -> NetworkInput:
+                  estimate_maps: MapEstimator = estimate_maps_rss) -> NetworkInput:
     """The network input for ``in_chans`` 1 (magnitude) or 2 (complex).
 
     Complex mode: the complex LR image as (real, imag) channels. For
     single-coil data that is the zero-filled LR image; for multi-coil data the
     SENSE combination ``Σ_c conj(S_c) x_c`` of the zero-filled coil images,
-    with maps from the acquired calibration lines: the RSS estimate
-    (:func:`~iconet_fastmri.physics.sense.estimate_maps_rss`), or ``map_net``'s
-    (:class:`~iconet_fastmri.models.coil_maps.LearnedMaps`) when given. The
-    maps are computed in float32, outside autocast.
+    with maps from the acquired calibration lines by ``estimate_maps(kspace,
+    mask)``: the acquisition's RSS estimate
+    (:meth:`~iconet_fastmri.physics.acquisition.Acquisition.estimate_maps`) or
+    a learned refinement (:class:`~iconet_fastmri.models.coil_maps.LearnedMaps`).
+    The maps are computed in float32, outside autocast.
     """
     maps = None
     if in_chans == 1:
@@ -56,8 +59,7 @@ def network_input(deg: Degraded, in_chans: int, uses_dc: bool = False,
         z = deg.lr_input_complex
         if z is None:  # multi-coil
             with torch.autocast(device_type=deg.lr_observed.device.type, enabled=False):
-                estimate = map_net if map_net is not None else estimate_maps_rss
-                maps = estimate(deg.lr_observed, deg.mask)
+                maps = estimate_maps(deg.lr_observed, deg.mask)
                 z = sense_combine(ifft2c(deg.lr_observed), maps)
         image = torch.cat([z.real, z.imag], dim=1)
     dc: Dict[str, torch.Tensor] = {}

@@ -145,7 +145,7 @@ class IconetModule(MriModule):
         return self.acquisition.simulate(batch.hr_images, batch.mask)
 
     def model_input(self, deg: Degraded) -> NetworkInput:  # coil maps travel in it, not on self
-        return network_input(deg, self.in_chans, self.uses_dc, self.map_net)
+        return network_input(deg, self.in_chans, self.uses_dc, self.map_net or self.acquisition.estimate_maps)
 
     def forward(self, inputs: NetworkInput) -> SROutput:
         x = inputs.image
