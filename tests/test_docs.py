@@ -193,3 +193,15 @@ def test_readme_setup_commands_are_the_ones_ci_and_the_demo_use():
     assert yaml.safe_load(config_text)["data"]["demo"] is True
     # the quick check is mentioned
     assert 'python -m pytest -q -m "not slow" tests' in README.read_text()
+
+
+def test_readme_own_mask_command_is_the_one_the_architecture_page_runs():
+    """The README's dotted-path mask is the ARCHITECTURE example that tests/entry/test_extensions.py trains with."""
+    from test_architecture import doc_example
+
+    readme = [line for line in README.read_text().splitlines() if "--data.mask.name my_masks." in line]
+    assert len(readme) == 1, readme
+    name = shlex.split(readme[0])[shlex.split(readme[0]).index("--data.mask.name") + 1]
+    filename, code, command = doc_example("Add a mask")
+    module, cls = name.split(".")
+    assert filename == f"{module}.py" and f"class {cls}" in code and name in command

@@ -98,16 +98,21 @@ def checkerboard(
     key = (h, w, str(device), dtype, signed)
     pattern = _CHECKERBOARD_CACHE.get(key)
     if pattern is None:
-        i = torch.arange(h, device=device).view(h, 1)
-        j = torch.arange(w, device=device).view(1, w)
-        parity = (i + j) % 2
-        if signed and ((h // 2 + w // 2) % 2 == 1):
-            parity = 1 - parity
-        pattern = (1 - 2 * parity).to(dtype)
+        with torch.inference_mode(False):  # a cached pattern must serve autograd later, whoever made it first
+            pattern = _checkerboard(h, w, device, dtype, signed)
         if len(_CHECKERBOARD_CACHE) > 64:
             _CHECKERBOARD_CACHE.clear()
         _CHECKERBOARD_CACHE[key] = pattern
     return pattern
+
+
+def _checkerboard(h: int, w: int, device: torch.device, dtype: torch.dtype, signed: bool) -> torch.Tensor:
+    i = torch.arange(h, device=device).view(h, 1)
+    j = torch.arange(w, device=device).view(1, w)
+    parity = (i + j) % 2
+    if signed and ((h // 2 + w // 2) % 2 == 1):
+        parity = 1 - parity
+    return (1 - 2 * parity).to(dtype)
 
 
 def _interleaved(
@@ -118,8 +123,8 @@ def _interleaved(
     key = (h, w, str(device), dtype, signed)
     pattern = _INTERLEAVED_CACHE.get(key)
     if pattern is None:
-        pattern = checkerboard(h, w, device, dtype, signed).unsqueeze(-1).expand(h, w, 2)
-        pattern = pattern.contiguous()
+        with torch.inference_mode(False):
+            pattern = checkerboard(h, w, device, dtype, signed).unsqueeze(-1).expand(h, w, 2).contiguous()
         if len(_INTERLEAVED_CACHE) > 64:
             _INTERLEAVED_CACHE.clear()
         _INTERLEAVED_CACHE[key] = pattern

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fastmri
-from iconet_fastmri.physics.fft import fft2c, from_real_view, ifft2c, to_real_view
+from iconet_fastmri.physics.fft import checkerboard, fft2c, from_real_view, ifft2c, to_real_view
 
 SHAPES = [(1, 8, 8), (3, 4, 6), (2, 3, 5, 7), (2, 6, 5), (1, 5, 8), (2, 2, 10, 12), (1, 14, 18)]
 
@@ -84,3 +84,18 @@ def test_chunked_and_autograd_paths_agree_with_fastmri():
     assert torch.allclose(out.detach(), from_real_view(fastmri.fft2c(to_real_view(small.detach()))), atol=1e-6)
     (out.abs() ** 2).sum().backward()  # |fft2c(x)|^2 summed = |x|^2 summed (unitary): gradient 2x
     assert torch.allclose(small.grad, 2 * small.detach(), atol=1e-5)
+
+
+def test_patterns_cached_under_inference_mode_serve_autograd_later():
+    """A sign pattern first made under inference_mode (validation, inference) must not break a later training step."""
+    from iconet_fastmri.physics import fft as fft_module
+
+    fft_module._CHECKERBOARD_CACHE.clear()
+    fft_module._INTERLEAVED_CACHE.clear()
+    with torch.inference_mode():
+        fft2c(torch.randn(2, 1, 14, 18, dtype=torch.complex64))
+        checkerboard(6, 10, torch.device("cpu"))
+    x = torch.randn(2, 1, 14, 18, dtype=torch.complex64, requires_grad=True)
+    ifft2c(fft2c(x) * checkerboard(14, 18, torch.device("cpu"))).abs().sum().backward()
+    assert x.grad is not None and torch.isfinite(torch.view_as_real(x.grad)).all()
+    assert not checkerboard(6, 10, torch.device("cpu")).is_inference()
