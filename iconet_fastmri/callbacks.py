@@ -104,6 +104,7 @@ class IconetCheckpoint(ModelCheckpoint):
 
     def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
+        self._restore_sigusr1()  # Lightning calls no teardown hook after an exception
         if trainer.state.fn != "fit" or trainer.sanity_checking:
             return
         # Say only what is on disk: a fit that fails in setup has no weights to save.
@@ -114,8 +115,10 @@ class IconetCheckpoint(ModelCheckpoint):
         rank_zero_info(f"[iconet-fastmri] {type(exception).__name__}: {report}")
 
     # ------------------------------------------------------------------ SIGUSR1
-    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        super().on_fit_start(trainer, pl_module)
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        # Not on_fit_start: Lightning records the process's signal handlers after that hook and
+        # puts them back when a run fails, which would leave this handler installed.
+        super().on_train_start(trainer, pl_module)
         if not hasattr(signal, "SIGUSR1"):  # pragma: no cover - Windows
             return
         current = signal.getsignal(signal.SIGUSR1)
@@ -130,6 +133,9 @@ class IconetCheckpoint(ModelCheckpoint):
 
     def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         super().teardown(trainer, pl_module, stage)
+        self._restore_sigusr1()
+
+    def _restore_sigusr1(self) -> None:
         if self._previous_sigusr1 is not None:
             signal.signal(signal.SIGUSR1, self._previous_sigusr1)
             self._previous_sigusr1 = None

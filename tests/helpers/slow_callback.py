@@ -58,3 +58,14 @@ class RecordLastCheckpoint(Callback):
         step = int(torch.load(last, weights_only=True)["global_step"]) if last.is_file() else -1
         with open(self.path, "a") as f:
             f.write(f"{trainer.global_step} {step}\n")
+
+
+class RaiseAt(Callback):
+    """Raise a RuntimeError after optimiser step ``at_step`` (a run that crashes mid-fit)."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.at_step:
+            raise RuntimeError(f"boom at step {trainer.global_step}")

@@ -164,3 +164,12 @@ def test_last_ckpt_is_saved_at_max_time_and_every_n_steps(data, tmp_path):
     # (step at batch start, step in last.ckpt): refreshed at steps 2 and 4 and at the epoch end (3)
     assert seen == [(0, -1), (1, -1), (2, 2), (3, 3), (4, 4), (5, 4)]
     assert _step(tmp_path / "every" / "checkpoints" / "last.ckpt") == 6
+
+
+def test_a_failed_fit_leaves_no_sigusr1_handler_behind(data, tmp_path):
+    """A fit that raises must restore SIGUSR1: a stale handler of ours would keep a later fit from stopping on it."""
+    assert signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None)
+    with pytest.raises(RuntimeError, match="boom at step 2"):
+        main(_args("fit", data, tmp_path, "--trainer.max_epochs", 5,
+                   "--trainer.callbacks+=helpers.slow_callback.RaiseAt", "--trainer.callbacks.at_step", 2))
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
