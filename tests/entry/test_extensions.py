@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -426,3 +427,27 @@ def test_the_script_does_not_claim_a_checkpoint_when_setup_fails(tmp_path):
     assert proc.returncode != 0 and "FileNotFoundError" in out
     assert "saved the weights" not in out and not list(tmp_path.rglob("*.ckpt"))
     assert "no checkpoint was written" in out
+
+
+@pytest.mark.slow
+def test_doc_dataset_layout_command_runs_from_a_user_folder(tmp_path):
+    """docs/ARCHITECTURE.md, 'Add a dataset layout': explicit split folders, no code, through the script."""
+    from iconet_fastmri.demo import write_fastmri_dataset
+    from test_architecture import _sections
+
+    section = _sections()["Add a dataset layout"]
+    words = shlex.split(re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1).replace("\\\n", " "))
+    folder = tmp_path / "my_project"
+    train, valid = (words[words.index(flag) + 1] for flag in ("--data.train_path", "--data.val_path"))
+    write_fastmri_dataset(folder / train, "singlecoil", num_volumes=2, slices=2, recon_size=(32, 32), seed=3)
+    write_fastmri_dataset(folder / valid, "singlecoil", num_volumes=1, slices=2, recon_size=(32, 32), seed=4,
+                          first_index=9)
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    proc = subprocess.run(_as_run(words, folder) + TINY + TINY_ICONET, cwd=folder, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert (folder / "runs" / "demo" / "checkpoints" / "last.ckpt").is_file()
+    assert not (folder / "demo_data").exists()  # --data.demo false: nothing generated
+    after = sorted(p.relative_to(folder) for p in (folder / train).parent.rglob("*"))
+    assert [p for p in after if p not in before] == []  # the data folders are read, never written
