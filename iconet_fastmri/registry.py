@@ -16,8 +16,8 @@ rules hold for every kind:
 
 Dotted paths, and who may make us import one. Importing a module runs its
 code, so a dotted path is imported only on the say-so of the person running
-the program: inside :func:`allow_imports` (which
-``scripts/train_iconet_fastmri.py`` opens around the whole command, so the
+the program: inside :func:`allow_imports` (which the CLI's entry point,
+:func:`iconet_fastmri.cli.main`, opens around the whole command, so the
 command line and its config files may name ``my_masks.EveryOtherLine``), or
 with ``allow_import=True``; a path imported so stays usable in the process
 (rebuilding the user's mask later needs no new permission). Everywhere else (the default: a checkpoint's
@@ -31,7 +31,7 @@ with ``allow_import=False`` or ``with allow_imports(False):``.
 
 Where the module is found: on ``sys.path`` as Python finds any module
 (``PYTHONPATH`` included); :func:`search_working_directory` (which the
-training script calls) appends the folder the command runs from, *after*
+CLI's entry point calls) appends the folder the command runs from, *after*
 the installed packages, so ``my_masks.py`` next to you is found as under
 ``python -m`` (which puts the folder first), except that it can never shadow
 an installed module (give yours a name no installed module has).

@@ -16,6 +16,12 @@ Only the constructor is ours, because fastmri's:
   (``$XDG_CACHE_HOME/iconet_fastmri`` or ``~/.cache/iconet_fastmri``), is
   keyed by the resolved data path and challenge, re-checks each file's size
   and modification time, and is rebuilt with a warning when it cannot be read.
+
+It also records, per kept file, the k-space shape (:attr:`IconetSliceDataset.kspace_shapes`,
+whose last two sizes are the image grid the transform crops from) and a cheap
+content fingerprint (:attr:`IconetSliceDataset.fingerprints`), so that the data
+module can refuse volumes smaller than ``hr_crop`` and warn about a volume that
+is in two splits at start-up, before the first step.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import os
 import random
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from fastmri.data import SliceDataset
@@ -36,16 +42,22 @@ from fastmri.data.mri_data import FastMRIRawDataSample
 from ..io import atomic_write_json
 from .validation import (
     DEFAULT_MAX_SLICE_ELEMENTS,
+    DEFAULT_MAX_SLICES,
     FastMRIFileError,
+    kspace_fingerprint,
     scan_kspace_values,
     validate_fastmri_file,
 )
 
-__all__ = ["IconetSliceDataset", "default_cache_dir"]
+__all__ = ["IconetSliceDataset", "default_cache_dir", "shared_volumes"]
 
 log = logging.getLogger(__name__)
 
 _CACHE_VERSION = 2
+#: What a cached ``values_checked`` covers: 2 adds the overflow bound
+#: (:data:`~.validation.MAX_KSPACE_ENERGY`), so files scanned by an older
+#: version (no ``"values_scan": 2``) are scanned again once.
+_VALUE_SCAN = 2
 
 
 def default_cache_dir() -> Path:
@@ -113,6 +125,7 @@ class IconetSliceDataset(SliceDataset):
         volume_sample_rate: fraction of volumes to keep (exclusive with ``sample_rate``).
         skip_bad_files: skip files that fail validation (warning naming them) instead of raising.
         max_slice_elements: refuse files whose k-space slice is larger than this.
+        max_slices: refuse files declaring more slices than this (checked before any read).
         raw_sample_filter: optional filter on fastmri ``FastMRIRawDataSample`` (applied on every load).
         sample_seed: seed of the slice/volume subsampling (deterministic across ranks).
         progress: show a progress bar while scanning files.
@@ -137,6 +150,7 @@ class IconetSliceDataset(SliceDataset):
         sample_seed: int = 0,
         progress: bool = True,
         check_values: bool = True,
+        max_slices: int = DEFAULT_MAX_SLICES,
     ) -> None:
         if challenge not in ("singlecoil", "multicoil"):
             raise ValueError(f"challenge must be 'singlecoil' or 'multicoil', got {challenge!r}")
@@ -151,6 +165,7 @@ class IconetSliceDataset(SliceDataset):
         self.challenge = challenge
         self.raw_sample_filter = raw_sample_filter or (lambda raw_sample: True)
         self.max_slice_elements = max_slice_elements
+        self.max_slices = max_slices
         self.dataset_cache_file = None  # fastmri's pickle cache is never used
 
         files = self._list_files(root)
@@ -159,10 +174,14 @@ class IconetSliceDataset(SliceDataset):
         entries: Dict[str, Any] = {}
         self.skipped_files: List[Path] = []
         self.raw_samples: List[FastMRIRawDataSample] = []
+        #: k-space shape of each file (keyed by ``str(path)``, as ``raw_samples[i].fname``).
+        self.kspace_shapes: Dict[str, Tuple[int, ...]] = {}
+        #: :func:`~.validation.kspace_fingerprint` of each file (same keys).
+        self.fingerprints: Dict[str, str] = {}
         scan = _progress(files, len(files), f"checking {challenge} files") if progress else files
         for path in scan:
             try:
-                entry = self._checked_entry(path, cache, challenge, max_slice_elements, check_values)
+                entry, shape = self._checked_entry(path, cache, challenge, max_slice_elements, check_values)
             except FastMRIFileError as err:
                 if not skip_bad_files:
                     raise
@@ -170,6 +189,8 @@ class IconetSliceDataset(SliceDataset):
                 self.skipped_files.append(path)
                 continue
             entries[str(path.resolve())] = entry
+            self.kspace_shapes[str(path)] = shape
+            self.fingerprints[str(path)] = entry["fingerprint"]
             metadata = _restore_metadata(entry["metadata"])
             for slice_ind in range(entry["num_slices"]):
                 raw_sample = FastMRIRawDataSample(path, slice_ind, metadata)
@@ -198,16 +219,17 @@ class IconetSliceDataset(SliceDataset):
     # ------------------------------------------------------------------ files
     def _checked_entry(
         self, path: Path, cache: Dict[str, Any], challenge: str, max_slice_elements: int, check_values: bool
-    ) -> Dict[str, Any]:
-        """Check one file and return its cache entry.
+    ) -> Tuple[Dict[str, Any], Tuple[int, ...]]:
+        """Check one file and return its cache entry and k-space shape.
 
         The structural checks (:func:`validate_fastmri_file`: header, shapes,
         limits; cheap) run on every build, cached or not, so the cache never
         changes what is accepted. The cache spares the metadata parse and the
-        value scan (:func:`scan_kspace_values`, a full read), keyed by the
+        value scan (:func:`scan_kspace_values`, a full read) and the content
+        fingerprint (:func:`kspace_fingerprint`, one row), keyed by the
         file's size and modification time.
         """
-        num_slices, _ = validate_fastmri_file(path, challenge, max_slice_elements)
+        num_slices, shape = validate_fastmri_file(path, challenge, max_slice_elements, self.max_slices)
         stat = path.stat()
         hit = cache.get(str(path.resolve()))
         if not (hit and hit["size"] == stat.st_size and hit["mtime_ns"] == stat.st_mtime_ns
@@ -223,10 +245,12 @@ class IconetSliceDataset(SliceDataset):
                 "metadata": _jsonable(metadata),
                 "values_checked": False,
             }
-        if check_values and not hit["values_checked"]:
+        if check_values and not (hit["values_checked"] and hit.get("values_scan") == _VALUE_SCAN):
             scan_kspace_values(path)
-            hit = {**hit, "values_checked": True}
-        return hit
+            hit = {**hit, "values_checked": True, "values_scan": _VALUE_SCAN}
+        if not isinstance(hit.get("fingerprint"), str):
+            hit = {**hit, "fingerprint": kspace_fingerprint(path)}
+        return hit, shape
 
     @staticmethod
     def _list_files(root) -> List[Path]:
@@ -245,6 +269,32 @@ class IconetSliceDataset(SliceDataset):
             else:
                 raise FileNotFoundError(f"data path {entry} does not exist")
         return files
+
+    def _kept_files(self) -> List[str]:
+        return sorted({str(s.fname) for s in self.raw_samples})
+
+    def check_images_fit(self, hr_crop: Sequence[int], split: str = "") -> None:
+        """Refuse, naming them, kept volumes whose image (the k-space shape) is smaller than ``hr_crop``.
+
+        Uses the shapes recorded while the files were validated (nothing is
+        read): without it such a volume fails only when first loaded (a
+        validation volume: after a whole training epoch). The data module
+        skips it with ``pad_if_smaller``, which pads such images.
+        """
+        crop = (int(hr_crop[0]), int(hr_crop[1]))
+        small = [(Path(f), self.kspace_shapes[f][-2:]) for f in self._kept_files()
+                 if self.kspace_shapes[f][-2] < crop[0] or self.kspace_shapes[f][-1] < crop[1]]
+        if not small:
+            return
+        first, (h, w) = small[0]
+        others = ", ".join(f"{p.name} ({s[0]}x{s[1]})" for p, s in small[1:6])
+        more = f"; {len(small) - 1} more: {others}{', ...' if len(small) > 6 else ''}" if len(small) > 1 else ""
+        raise ValueError(
+            f"{split + ' data: ' if split else ''}the image of {first} is {h}x{w} (its k-space shape), smaller "
+            f"than hr_crop {crop[0]}x{crop[1]}{more}. It would fail when first loaded"
+            f"{' (after a training epoch)' if split in ('val', 'test') else ''}; set --data.pad_if_smaller "
+            f"true to zero-pad such images, or a smaller --data.hr_crop"
+        )
 
     def slices_per_volume(self) -> Dict[str, int]:
         """Number of (kept) slices per file name."""
@@ -284,3 +334,24 @@ class IconetSliceDataset(SliceDataset):
             atomic_write_json(path, {"version": _CACHE_VERSION, "files": entries}, private=True)
         except OSError as err:  # a read-only home must not stop training
             log.warning("could not write dataset cache in %s: %s", cache_dir, err)
+
+
+def shared_volumes(train: IconetSliceDataset, val: IconetSliceDataset) -> List[str]:
+    """Volumes kept in both datasets, by file name or by content (:func:`~.validation.kspace_fingerprint`).
+
+    Returns one line per pair, e.g. ``"a.h5 (same name)"`` or
+    ``"a.h5 (train) = b.h5 (val), same k-space"``; empty when the splits are disjoint.
+    """
+    train_files = train._kept_files()
+    names = {Path(f).name for f in train_files}
+    by_print: Dict[str, List[str]] = {}
+    for f in train_files:
+        by_print.setdefault(train.fingerprints[f], []).append(Path(f).name)
+    pairs = []
+    for f in val._kept_files():
+        name = Path(f).name
+        if name in names:
+            pairs.append(f"{name} (same name)")
+        pairs += [f"{other} (train) = {name} (val), same k-space"
+                  for other in by_print.get(val.fingerprints[f], []) if other != name]
+    return pairs

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..physics.acquisition import Acquisition
+from .validation import kspace_magnitude_problem
 from ..physics.operators import rss
 from ..physics.fft import ifft2c
 from ..physics.masks import MASK_SEED_RULES, eval_mask_seed
@@ -91,6 +92,9 @@ def check_kspace(kspace: Any, fname: str, slice_num: int, key: str = "kspace") -
         raise ValueError(f"{where}: k-space holds {bad} non-finite ({kind}) values")
     if not np.any(kspace):
         raise ValueError(f"{where}: k-space is all zeros")
+    problem = kspace_magnitude_problem(kspace)  # finite but so large that float32 sums overflow
+    if problem:
+        raise ValueError(f"{where}: {problem}")
     return kspace
 
 

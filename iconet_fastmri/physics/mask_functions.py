@@ -30,11 +30,17 @@ __all__ = [
     "Gaussian2DMask",
     "RadialMask",
     "FileMask",
+    "DEFAULT_MAX_MASK_ELEMENTS",
     "fastmri_factory",
     "ToFastMRIMask",
 ]
 
 MaskResult = Tuple[torch.Tensor, int]
+
+#: Most entries a mask file may declare: a 4096 x 4096 LR grid (the LR grid of the
+#: largest HR grid the data module accepts, 2**26 pixels, at scale 2). Checked
+#: from the file's header, before the array is read.
+DEFAULT_MAX_MASK_ELEMENTS = 2**24
 
 
 def _check_shape(shape: Sequence[int]) -> Tuple[int, int]:
@@ -431,15 +437,29 @@ class FileMask(MaskFunction):
 
     A 1D mask of length ``w`` selects columns and is broadcast over the rows;
     a 2D mask must match the LR grid ``(h, w)`` exactly. Values must be 0 or 1.
+    A file declaring more than ``max_elements`` entries
+    (:data:`DEFAULT_MAX_MASK_ELEMENTS`) is refused from its header, before
+    the array is read.
     """
 
     name = "file"
 
-    def __init__(self, path: Union[str, Path], key: str = "mask", seed: Optional[int] = None) -> None:
+    def __init__(self, path: Union[str, Path], key: str = "mask", seed: Optional[int] = None,
+                 max_elements: int = DEFAULT_MAX_MASK_ELEMENTS) -> None:
         super().__init__(seed)
         self.path = Path(path)
         self.key = key
+        self.max_elements = int(max_elements)
         self.array = self._load()
+
+    def _check_declared(self, shape: Sequence[int], what: str) -> None:
+        shape = tuple(int(n) for n in shape)
+        size = math.prod(shape)
+        if size > self.max_elements:
+            raise ValueError(
+                f"mask file {str(self.path)!r}: {what} declares shape {shape} = {size} entries, above the "
+                f"limit of {self.max_elements} (max_elements; a 4096x4096 LR grid by default); refusing to read it"
+            )
 
     def _load(self) -> np.ndarray:
         path = self.path
@@ -448,8 +468,19 @@ class FileMask(MaskFunction):
         suffix = path.suffix.lower()
         if suffix == ".npy":
             try:
+                with open(path, "rb") as f:  # the header first: its shape is checked before any read
+                    version = np.lib.format.read_magic(f)
+                    if version == (1, 0):
+                        shape, _, _ = np.lib.format.read_array_header_1_0(f)
+                    elif version == (2, 0):
+                        shape, _, _ = np.lib.format.read_array_header_2_0(f)
+                    else:  # format 3.0 (utf-8 field names): numpy's own reader of any version
+                        shape, _, _ = np.lib.format._read_array_header(f, version)
+                self._check_declared(shape, "its .npy header")
                 array = np.load(path, allow_pickle=False)
             except (ValueError, OSError) as err:
+                if "refusing to read it" in str(err):
+                    raise
                 raise ValueError(f"mask file {str(path)!r} is not a readable .npy array: {err}") from err
         elif suffix in (".h5", ".hdf5"):
             import h5py
@@ -461,7 +492,11 @@ class FileMask(MaskFunction):
                             f"mask file {str(path)!r} has no dataset {self.key!r} "
                             f"(it has {sorted(f.keys())})"
                         )
-                    array = np.asarray(f[self.key])
+                    ds = f[self.key]
+                    if not isinstance(ds, h5py.Dataset):
+                        raise ValueError(f"mask file {str(path)!r}: {self.key!r} is not a dataset")
+                    self._check_declared(ds.shape or (), f"dataset {self.key!r}")
+                    array = np.asarray(ds)
             except OSError as err:
                 raise ValueError(f"mask file {str(path)!r} is not a readable HDF5 file: {err}") from err
         else:

@@ -33,9 +33,9 @@ import torch
 from fastmri.data import VolumeSampler
 from torch.utils.data import DataLoader, get_worker_info
 
-from ..data.dataset import IconetSliceDataset
+from ..data.dataset import IconetSliceDataset, shared_volumes
 from ..data.transforms import IconetDataTransform
-from ..data.validation import DEFAULT_MAX_SLICE_ELEMENTS
+from ..data.validation import DEFAULT_MAX_SLICE_ELEMENTS, check_grid_size
 from ..data.splits import PartFilter, check_test_fraction
 from ..data.batching import collate_samples
 from ..physics.acquisition import Acquisition
@@ -125,8 +125,11 @@ class IconetDataModule(pl.LightningDataModule):
             refuse (or with ``skip_bad_files`` skip) files with NaN, Inf or
             all-zero slices; cached per file.
         skip_bad_files: skip corrupt files with a warning naming them instead of stopping.
-        max_slice_elements: refuse files whose k-space slice is larger.
+        max_slice_elements: refuse files whose k-space slice is larger (and an
+            ``hr_crop`` or ``patch_size`` of more pixels, before masks are drawn on it).
         pad_if_smaller: zero-pad images smaller than ``hr_crop`` (fastMRI brain widths vary).
+            Without it, a volume whose image (k-space shape) is smaller than
+            ``hr_crop`` is refused when its split is built, naming it.
         demo: generate the built-in demo dataset in ``data_path`` if it is missing.
         demo_volumes: ``[train, val]`` volumes of the demo dataset.
         demo_slices: slices per demo volume.
@@ -181,6 +184,7 @@ class IconetDataModule(pl.LightningDataModule):
         if patch_size is not None and (len(patch_size) != 2 or min(int(n) for n in patch_size) < 1):
             raise ValueError(f"patch_size must be two positive sizes [h, w], got {list(patch_size)}")
         self.patch_size = tuple(int(n) for n in patch_size) if patch_size is not None else None
+        check_grid_size(self.hr_crop, self.patch_size, max_slice_elements)  # before masks are drawn on them
         self.acquisition.check_grid(self.hr_crop, self.patch_size)  # sizes, the mask on its grid, the patch
         self.test_fraction = check_test_fraction(test_fraction)
         if self.test_fraction is not None and test_split != "val":
@@ -247,6 +251,13 @@ class IconetDataModule(pl.LightningDataModule):
         return found[0]
 
     def prepare_data(self) -> None:
+        """With ``demo``: write (or reuse) the demo splits in ``data_path``, before anything else runs.
+
+        The demo writes only into a ``data_path`` that does not exist, is empty, or
+        that it marked itself (:func:`~iconet_fastmri.demo.make_demo_splits`); a
+        folder holding a real dataset or other files is refused here, at start-up,
+        with a message naming it, and nothing in it is touched.
+        """
         if not self.demo:
             return
         from ..demo import make_demo_splits
@@ -300,13 +311,26 @@ class IconetDataModule(pl.LightningDataModule):
             raw_sample_filter=None if part is None else PartFilter(part, fraction),
             check_values=self.check_values,
         )
+        if not self.pad_if_smaller:  # a too-small volume is refused now, not when first loaded
+            dataset.check_images_fit(self.hr_crop, split)
         self.datasets[split] = dataset
         return dataset
+
+    def _warn_shared_volumes(self) -> None:
+        """Warn, naming them, about volumes in both train and val (same file name or same k-space)."""
+        pairs = shared_volumes(self.datasets["train"], self.datasets["val"])
+        if pairs:
+            log.warning(
+                "%d volume(s) are in both train and val: %s%s. Validation then scores volumes the model "
+                "trained on (checkpoint choice and reported metrics are optimistic); remove them from one split",
+                len(pairs), "; ".join(pairs[:10]), "; ..." if len(pairs) > 10 else "",
+            )
 
     def setup(self, stage: Optional[str] = None) -> None:
         if stage in (None, "fit"):
             self._dataset("train")
             self._dataset("val")
+            self._warn_shared_volumes()
         if stage == "validate":
             self._dataset("val")
         if stage in ("test", "predict"):
