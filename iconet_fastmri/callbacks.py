@@ -18,24 +18,40 @@ used older weights. :class:`IconetCheckpoint` writes ``last.ckpt``
   file it wrote (checked to exist), or that nothing was written (a fit that
   fails in setup has no weights to save).
 
-Writes go through Lightning's checkpoint IO (a temporary file and a rename).
+Every checkpoint (``last.ckpt`` and the best) is written to a hidden temporary
+beside its destination (:func:`iconet_fastmri.io.temporary_name`) and renamed
+over it with ``os.replace``: the previous file stays whole until the new one is
+complete. Lightning's own writer stages the bytes in ``TMPDIR`` and moves them;
+with ``TMPDIR`` on another filesystem that move is a copy which truncates its
+destination first, so a kill during it used to leave ``last.ckpt`` at 0 bytes.
+Temporaries of a writer killed with SIGKILL are removed when the next run starts.
+
+Weights with NaN or Inf (a diverged run) are never saved: ``last.ckpt`` and
+the best checkpoint keep the last finite weights, and a warning says which step
+they hold.
+
 The file is always ``last.ckpt`` (no ``last-v1.ckpt``): a run folder holds
 one run (see :mod:`iconet_fastmri.cli`).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Dict, Optional
+from weakref import proxy
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from . import machine_load
+from .io import remove_stale_partials, temporary_name
 
-__all__ = ["CpuThreads", "IconetCheckpoint"]
+__all__ = ["CpuThreads", "IconetCheckpoint", "nonfinite_tensors"]
 
 
 class IconetCheckpoint(ModelCheckpoint):
@@ -55,6 +71,74 @@ class IconetCheckpoint(ModelCheckpoint):
             raise ValueError(f"last_every_n_steps must be >= 1 or None, got {last_every_n_steps}")
         self.last_every_n_steps = last_every_n_steps
         self._previous_sigusr1: Any = None
+        self._nonfinite_step: Optional[int] = None  # the step whose weights were refused, once reported
+
+    # ------------------------------------------------------------------ how to write
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and trainer.is_global_zero and self.dirpath and os.path.isdir(self.dirpath):
+            remove_stale_partials(self.dirpath, suffix=".ckpt")  # left by a writer killed mid-save
+
+    def _save_checkpoint(self, trainer: "pl.Trainer", filepath: str) -> None:
+        """Write ``filepath`` through a temporary beside it and ``os.replace``; never non-finite weights."""
+        if self._refuse_nonfinite(trainer, filepath):
+            return
+        tmp = trainer.strategy.broadcast(str(temporary_name(filepath)))  # one name on every rank
+        try:
+            trainer.save_checkpoint(tmp, self.save_weights_only)
+            if trainer.is_global_zero:
+                if os.path.isdir(tmp):  # a sharded (folder) checkpoint: replace the old folder
+                    shutil.rmtree(filepath, ignore_errors=True)
+                os.replace(tmp, filepath)
+        except BaseException:
+            if trainer.is_global_zero:
+                if os.path.isdir(tmp):
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    Path(tmp).unlink(missing_ok=True)
+            raise
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:  # as ModelCheckpoint._save_checkpoint does
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+    # ------------------------------------------------------------------ non-finite weights
+    def _save_topk_checkpoint(self, trainer: "pl.Trainer", monitor_candidates: Dict[str, torch.Tensor]) -> None:
+        # Checked before Lightning's bookkeeping, which would otherwise drop (and delete) the finite best.
+        if self.save_top_k and self._refuse_nonfinite(trainer, "the best checkpoint"):
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def _save_last_checkpoint(self, trainer: "pl.Trainer", monitor_candidates: Dict[str, torch.Tensor]) -> None:
+        if self.save_last and self._refuse_nonfinite(trainer, "last.ckpt"):
+            return
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+
+    def _refuse_nonfinite(self, trainer: "pl.Trainer", what: str) -> bool:
+        """True (and a warning, once per run) if the module's weights hold NaN or Inf."""
+        bad = nonfinite_tensors(trainer.lightning_module)
+        if not bad:
+            return False
+        if self._nonfinite_step is None:
+            self._nonfinite_step = trainer.global_step
+            rank_zero_warn(
+                f"[iconet-fastmri] the weights of step {trainer.global_step} are not finite (NaN/Inf in "
+                f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}), so no checkpoint is written from them "
+                f"(refused for {what}): {self._kept_report()}"
+            )
+        return True
+
+    def _kept_report(self) -> str:
+        """Which finite weights the checkpoint folder still holds, in words."""
+        path = self.last_model_path
+        kept = []
+        if path and self._fs.isfile(path):
+            step = f" of step {self._last_global_step_saved}" if self._last_global_step_saved > 0 else ""
+            kept.append(f"{path} keeps the last finite weights{step}")
+        if self.best_model_path and self._fs.isfile(self.best_model_path):
+            kept.append(f"the best checkpoint stays {self.best_model_path}")
+        return "; ".join(kept) if kept else "no checkpoint of this run holds finite weights"
 
     def _ensure_last(self, trainer: "pl.Trainer") -> Optional[str]:
         """Write ``last.ckpt`` unless it already holds this step; the path if a file was written now."""
@@ -76,6 +160,9 @@ class IconetCheckpoint(ModelCheckpoint):
         path = self.last_model_path
         if path and self._last_global_step_saved == step and self._fs.isfile(path):
             return f"nothing new to save: {path} already holds the weights of step {step}"
+        if self._nonfinite_step is not None:
+            return (f"the weights are not finite since step {self._nonfinite_step} and were not saved; "
+                    f"{self._kept_report()}")
         if step == 0:
             return "no checkpoint was written: the run stopped before its first optimiser step (no trained weights)"
         if not self.save_last:
@@ -101,6 +188,11 @@ class IconetCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         super().on_train_end(trainer, pl_module)
         self._ensure_last(trainer)
+        if self._nonfinite_step is not None and nonfinite_tensors(pl_module):
+            rank_zero_warn(
+                f"[iconet-fastmri] the run ended with non-finite weights (NaN/Inf since step "
+                f"{self._nonfinite_step}); they were not saved: {self._kept_report()}"
+            )
 
     def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
@@ -139,6 +231,22 @@ class IconetCheckpoint(ModelCheckpoint):
         if self._previous_sigusr1 is not None:
             signal.signal(signal.SIGUSR1, self._previous_sigusr1)
             self._previous_sigusr1 = None
+
+
+def nonfinite_tensors(module: torch.nn.Module) -> list:
+    """Names of the floating-point parameters and buffers of ``module`` that hold NaN or Inf.
+
+    One reduction per device decides (a single host sync on a GPU); names are looked up only when
+    something is not finite.
+    """
+    tensors = [(name, t) for name, t in module.state_dict().items()
+               if torch.is_tensor(t) and (t.is_floating_point() or t.is_complex()) and t.numel()]
+    by_device: Dict[torch.device, list] = {}
+    for _, t in tensors:
+        by_device.setdefault(t.device, []).append(torch.isfinite(t).all())
+    if all(bool(torch.stack(flags).all()) for flags in by_device.values()):
+        return []
+    return [name for name, t in tensors if not bool(torch.isfinite(t).all())]
 
 
 class CpuThreads(pl.Callback):

@@ -7,9 +7,12 @@
   ``target_key`` reads such a dataset instead (centre-cropped to the grid).
 * Metrics: per-volume NMSE, PSNR and SSIM from ``fastmri.evaluate`` (volume
   max as data range), through :func:`iconet_fastmri.metrics.volume_metrics`.
-* Tables: mean ± std over volumes per method x acquisition x scale x
+* Tables: mean ± std over volumes per method x acquisition x scale x HR grid x
   acceleration (with the effective acceleration s² × R), optional bootstrap
-  confidence intervals, and a paired comparison of two methods.
+  confidence intervals, and a paired comparison of two methods. The HR grid a
+  folder was scored on is a column; folders scored on different grids (whose
+  numbers are not comparable: a smaller grid is a smaller centre crop) give a
+  :class:`MixedGridsWarning`.
 
 The module is long because scoring must refuse every way a prediction folder
 can be wrong (NaN, complex, off-grid, mis-declared, duplicated) with a message
@@ -20,6 +23,7 @@ scoring would put the rule and its exceptions in two places.
 from __future__ import annotations
 
 import csv
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -43,8 +47,9 @@ __all__ = [
     "write_csv",
     "PredictionError",
     "TargetError",
+    "MixedGridsWarning",
+    "mixed_grids",
 ]
-
 
 
 class PredictionError(ValueError):
@@ -53,6 +58,29 @@ class PredictionError(ValueError):
 
 class TargetError(ValueError):
     """A target file that cannot be read; the message names it."""
+
+
+class MixedGridsWarning(UserWarning):
+    """Rows of one evaluation were scored on different HR grids (their numbers are not comparable)."""
+
+
+def mixed_grids(rows: Sequence[Dict[str, Any]]) -> Optional[str]:
+    """A warning text if the rows were scored on more than one HR grid, naming each method's grid(s)."""
+    grids: Dict[str, List[str]] = {}
+    for row in rows:
+        grid = row.get("grid") or "unknown"
+        seen = grids.setdefault(str(row["method"]), [])
+        if grid not in seen:
+            seen.append(grid)
+    if len({g for gs in grids.values() for g in gs}) < 2:
+        return None
+    listing = ", ".join(f"{method}: {' and '.join(sorted(gs))}" for method, gs in grids.items())
+    return (
+        f"the predictions were scored on different HR grids ({listing}): their numbers are not comparable "
+        f"(a smaller grid is a smaller centre crop of the image). The grid column of the table keeps them "
+        f"apart; to compare them, score every folder on one grid with --hr_crop H W "
+        f"(and --crop_predictions for larger predictions)"
+    )
 
 
 #: At most this many slices in a prediction or target volume.
@@ -255,8 +283,11 @@ def evaluate_folders(
 
     Returns:
         One row per (method, volume): method, model (the files' ``method``
-        attribute), folder, fname, acquisition, scale, mask, acceleration,
-        effective_acceleration, num_slices, nmse, psnr, ssim.
+        attribute), folder, fname, acquisition, scale, grid (the HR grid scored,
+        ``"HxW"``), mask, acceleration, effective_acceleration, num_slices, nmse, psnr, ssim.
+
+    Warns:
+        MixedGridsWarning: the rows were scored on more than one HR grid.
 
     Raises:
         PredictionError: a missing, unreadable, complex, non-finite or
@@ -321,6 +352,7 @@ def evaluate_folders(
                     "fname": volume.name,
                     "acquisition": str(target_attrs.get("acquisition", attrs.get("acquisition", ""))),
                     "scale": row_scale,
+                    "grid": f"{grid[0]}x{grid[1]}",
                     "mask": str(attrs.get("mask_name", "")) or "unknown",
                     "acceleration": _attr(attrs, "acceleration", acceleration, float),
                     "effective_acceleration": _attr(
@@ -333,6 +365,9 @@ def evaluate_folders(
                     **metrics,
                 }
             )
+    message = mixed_grids(rows)
+    if message:
+        warnings.warn(message, MixedGridsWarning, stacklevel=2)
     return rows
 
 
@@ -350,21 +385,28 @@ def _mean_or_none(values: Sequence[Optional[float]]) -> Optional[float]:
 
 
 def summarize_rows(rows: Sequence[Dict[str, Any]], bootstrap: int = 0, seed: int = 0) -> List[Dict[str, Any]]:
-    """Mean ± std (and optional bootstrap 95% CI) per method x acquisition x scale x acceleration."""
+    """Mean ± std (and optional bootstrap 95% CI) per method x acquisition x scale x HR grid x acceleration.
+
+    Rows of different HR grids are never pooled (the grid is part of each table row).
+    """
     groups: Dict[Tuple, List[Dict[str, Any]]] = {}
     acquisitions = {row["acquisition"] for row in rows}
     for row in rows:
-        key = (row["method"], row["acquisition"], row["scale"], row["mask"], row["acceleration"])
+        grid = row.get("grid")
+        key = (row["method"], row["acquisition"], row["scale"], grid, row["mask"], row["acceleration"])
         groups.setdefault(key, []).append(row)
         if len(acquisitions) > 1:  # also pool all acquisitions
-            groups.setdefault((row["method"], "all", row["scale"], row["mask"], row["acceleration"]), []).append(row)
+            groups.setdefault((row["method"], "all", row["scale"], grid, row["mask"], row["acceleration"]),
+                              []).append(row)
     rng = np.random.default_rng(seed)
     table = []
-    for (method, acq, scale, mask, accel), members in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+    for (method, acq, scale, grid, mask, accel), members in sorted(groups.items(),
+                                                                    key=lambda kv: tuple(map(str, kv[0]))):
         entry: Dict[str, Any] = {
             "method": method,
             "acquisition": acq,
             "scale": scale,
+            "grid": grid,
             "mask": mask,
             "acceleration": accel,
             "effective_acceleration": _mean_or_none([m["effective_acceleration"] for m in members]),
@@ -433,8 +475,8 @@ def format_cell(row: Dict[str, Any], metric: str, digits: int, with_ci: bool = T
 def format_table(table: Sequence[Dict[str, Any]]) -> str:
     """Markdown table of :func:`summarize_rows` output."""
     has_ci = any("psnr_ci_low" in t for t in table)
-    head = "| method | acquisition | scale | mask | R (LR) | s²·R (HR) | volumes | NMSE | PSNR (dB) | SSIM |"
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    head = "| method | acquisition | scale | grid | mask | R (LR) | s²·R (HR) | volumes | NMSE | PSNR (dB) | SSIM |"
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in table:
         def cell(metric: str, digits: int) -> str:
             return format_cell(t, metric, digits, with_ci=has_ci)
@@ -442,8 +484,8 @@ def format_table(table: Sequence[Dict[str, Any]]) -> str:
         accel = "unknown" if t["acceleration"] is None else f"{t['acceleration']:g}"
         eff = "unknown" if t["effective_acceleration"] is None else f"{t['effective_acceleration']:.1f}"
         lines.append(
-            f"| {t['method']} | {t['acquisition']} | {scale} | {t['mask']} | {accel} | "
-            f"{eff} | {t['volumes']} | {cell('nmse', 4)} | {cell('psnr', 2)} | {cell('ssim', 4)} |"
+            f"| {t['method']} | {t['acquisition']} | {scale} | {t.get('grid') or 'unknown'} | {t['mask']} | "
+            f"{accel} | {eff} | {t['volumes']} | {cell('nmse', 4)} | {cell('psnr', 2)} | {cell('ssim', 4)} |"
         )
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from . import __version__
-from .io import atomic_write
+from .io import atomic_write, check_outputs_apart
 from .physics.masks import MaskConfig
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "MASK_SEED_RULES_TEXT",
     "write_volume_atomic",
     "check_writable",
+    "input_folders",
     "volume_attributes",
     "VolumeAssembler",
     "PredictionWriter",
@@ -145,6 +146,21 @@ class VolumeAssembler:
         return self.written
 
 
+def input_folders(datamodule: Any) -> List[Tuple[str, Path]]:
+    """The folders a data module reads: each split folder it can name (``split_path``), labelled by flag."""
+    if datamodule is None or not hasattr(datamodule, "split_path"):
+        return []
+    folders = []
+    for split in ("train", "val", "test"):
+        try:
+            folder = datamodule.split_path(split)
+        except (OSError, ValueError):  # a split that is absent or ambiguous is not read
+            continue
+        explicit = getattr(datamodule, "paths", {}).get(split)
+        folders.append((f"--data.{split}_path" if explicit else f"the {split} folder of --data.data_path", folder))
+    return folders
+
+
 class PredictionWriter(BasePredictionWriter):
     """``predict`` writes reconstructions as ``run_inference.py`` does (same files, same attributes).
 
@@ -152,6 +168,10 @@ class PredictionWriter(BasePredictionWriter):
         out_dir: output folder; default ``<default_root_dir>/predictions``.
         overwrite: replace existing results (otherwise a folder that already
             holds any of the volumes is refused before predicting).
+
+    An output folder that is, contains or lies inside one of the data module's
+    split folders is refused at set-up, before the checkpoint is loaded and
+    with or without ``overwrite`` (:func:`~iconet_fastmri.io.check_outputs_apart`).
     """
 
     def __init__(self, out_dir: Optional[str] = None, overwrite: bool = False) -> None:
@@ -160,9 +180,20 @@ class PredictionWriter(BasePredictionWriter):
         self.overwrite = overwrite
         self.assembler: Optional[VolumeAssembler] = None
 
+    def _out(self, trainer: "pl.Trainer") -> Path:
+        out = Path(self.out_dir or Path(trainer.default_root_dir) / "predictions")
+        label = "--prediction_writer.out_dir" if self.out_dir else "the default --prediction_writer.out_dir"
+        check_outputs_apart({label: out}, input_folders(getattr(trainer, "datamodule", None)))
+        return out
+
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "predict":
+            self._out(trainer)  # before the checkpoint is loaded and anything is predicted
+
     def on_predict_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         dm = trainer.datamodule
-        out = Path(self.out_dir or Path(trainer.default_root_dir) / "predictions")
+        out = self._out(trainer)
         check_writable(out)
         dataset = dm._dataset("test")
         expected = dataset.slices_per_volume()

@@ -14,15 +14,21 @@ Examples::
 
 Settings not given come from the checkpoint's training run (scale, challenge,
 mask, HR grid). Masks are seeded per (file, slice): a rerun gives identical files.
+
+--out must lie outside --data_path (it may not be, contain or lie inside it, with
+or without --overwrite). A refusal prints its message and exits with code 1;
+--debug (or ICONET_DEBUG=1) shows the Python traceback.
 """
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 
 from iconet_fastmri.checkpoints import load_checkpoint
 from iconet_fastmri.inference import BASELINES, run_inference
+from iconet_fastmri.io import check_outputs_apart, run_script
 from iconet_fastmri.physics.masks import MaskConfig, available_masks
 
 
@@ -53,11 +59,14 @@ def parse_args(argv=None):
     p.add_argument("--test_fraction", type=float, default=None, help="default: the checkpoint's")
     p.add_argument("--mask_seed_rule", choices=["slice", "volume"], default=None,
                    help="validation masks per slice (ours) or per volume (fastMRI's); default: the checkpoint's")
+    p.add_argument("--debug", action="store_true",
+                   help="show the Python traceback of an error (or set ICONET_DEBUG=1)")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    check_outputs_apart({"--out": args.out}, {"--data_path": args.data_path})  # before any work
     mask = None
     overrides = {
         "name": args.mask_name,
@@ -96,4 +105,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -19,10 +19,11 @@ from .acquisition import (
     simulate_volume,
 )
 from .phantoms import ACQUISITIONS, ANATOMIES, default_kspace_width, make_phantom_volume
-from .writer import make_demo_splits, write_fastmri_dataset
+from .writer import DEMO_MARKER, make_demo_splits, write_fastmri_dataset
 
 __all__ = [
     "ACQUISITIONS",
+    "DEMO_MARKER",
     "ANATOMIES",
     "SyntheticVolume",
     "center_crop_np",

@@ -43,7 +43,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import h5py
 import numpy as np
 
-from ..io import PARTIAL_TAG, atomic_write, remove_stale_partials
+from ..io import atomic_write, remove_stale_partials
 from .acquisition import _RECON_KEYS, SyntheticVolume, ismrmrd_header, simulate_volume
 from .phantoms import default_kspace_width
 
@@ -146,25 +146,39 @@ def write_fastmri_dataset(
 DEMO_MARKER = ".iconet_demo"
 
 
-def _check_ours(folder: pathlib.Path, prefix: str, marked: bool) -> None:
-    """Demo data goes only into an empty folder or one marked as ours, and only our files are touched.
+def _check_root(root: pathlib.Path) -> bool:
+    """The demo writes only into a folder that does not exist, is entirely empty, or that it marked itself.
 
-    Under a marked ``data_path`` a split folder may hold our ``{prefix}*.h5``
-    files and other non-HDF5 files; unmarked, everything in it must be a demo
-    file (``{prefix}*.h5``) or one of our temporaries (demo folders written
-    before the marker existed).
+    Returns whether ``root`` is marked. Anything else (a real dataset's folder,
+    a folder of unrelated files, even a single hidden file) is a
+    ``FileExistsError`` naming the folder, raised before anything is written.
     """
-    entries = [p for p in folder.iterdir()]
-    if marked:
-        foreign = [p.name for p in entries if p.suffix == ".h5" and not p.name.startswith(prefix)]
-    else:
-        foreign = [p.name for p in entries
-                   if not (p.name.startswith(prefix) and p.suffix == ".h5") and PARTIAL_TAG not in p.name]
+    if not root.exists():
+        return False
+    if not root.is_dir():
+        raise NotADirectoryError(f"refusing to write demo data into {root}: it is a file, not a folder")
+    if (root / DEMO_MARKER).is_file():
+        return True
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
+    if not entries:
+        return False
+    raise FileExistsError(
+        f"refusing to write demo data into {root}: it holds files the demo did not write "
+        f"({', '.join(entries[:5])}{' ...' if len(entries) > 5 else ''}) and no {DEMO_MARKER} marker. "
+        f"The demo writes only into a folder that does not exist, is empty, or that it marked itself. "
+        f"Is data_path a real dataset? Point --data.data_path at a new folder for the demo, or turn "
+        f"--data.demo off to train on {root}"
+    )
+
+
+def _check_ours(folder: pathlib.Path, prefix: str) -> None:
+    """In a marked ``data_path``, a split folder may hold our ``{prefix}*.h5`` files and non-HDF5 files only."""
+    foreign = [p.name for p in folder.iterdir() if p.suffix == ".h5" and not p.name.startswith(prefix)]
     if foreign:
         raise FileExistsError(
             f"refusing to write demo data into {folder}: it holds files the demo did not write "
-            f"({', '.join(sorted(foreign)[:5])}{' ...' if len(foreign) > 5 else ''}). Is data_path a real "
-            f"dataset? Point data_path at an empty folder (or turn --data.demo off)"
+            f"({', '.join(sorted(foreign)[:5])}{' ...' if len(foreign) > 5 else ''}). Move them out, or point "
+            f"--data.data_path at a new folder for the demo"
         )
 
 
@@ -216,10 +230,12 @@ def make_demo_splits(
     our files (``{prefix}*.h5``) that are no longer expected, since
     ``SliceDataset`` reads every file in the folder.
 
-    Demo data is written only into an empty folder or one marked as ours
-    (:data:`DEMO_MARKER` in ``root``); a folder holding other files, e.g. a real fastMRI
-    split that ``data_path`` points at by mistake, is a ``FileExistsError``,
-    and nothing in it is touched.
+    Demo data is written only into a ``root`` that does not exist, is entirely
+    empty, or that the demo marked itself (:data:`DEMO_MARKER`, written first);
+    any other folder, e.g. one holding real fastMRI folders that ``data_path``
+    points at by mistake, or unrelated files, is a ``FileExistsError`` naming
+    it, raised before anything is written. In a marked root, a split folder
+    holding ``.h5`` files the demo did not write is refused the same way.
 
     Args:
         root: parent folder.
@@ -247,22 +263,24 @@ def make_demo_splits(
     coil_dims: Tuple[int, ...] = (num_coils,) if challenge == "multicoil" else ()
     kspace_shape = (slices, *coil_dims, 2 * rh, Wk)
 
+    if not _check_root(root):  # new or empty: ours from now on
+        root.mkdir(parents=True, exist_ok=True)
+        (root / DEMO_MARKER).write_text(
+            "The *_train / *_val folders here hold demo data written by iconet_fastmri.demo; it "
+            f"rewrites their {prefix}*.h5 files when the demo settings change, and nothing else.\n"
+        )
     dirs = []
     first = 0
     for split, count in (("train", train_volumes), ("val", val_volumes)):
         folder = root / f"{challenge}_{split}"
         expected = [_volume_path(folder, prefix, i) for i in range(first, first + count)]
         if folder.is_dir():
-            _check_ours(folder, prefix, marked=(root / DEMO_MARKER).is_file())
+            _check_ours(folder, prefix)
             remove_stale_partials(folder, suffix=".h5")
         if overwrite or not _split_is_complete(folder, expected, kspace_shape, prefix):
             if folder.is_dir() and any(folder.glob(f"{prefix}*.h5")):
                 log.warning("demo settings changed: rewriting the demo data in %s (files written by us)", folder)
             folder.mkdir(parents=True, exist_ok=True)
-            (root / DEMO_MARKER).write_text(
-                "The *_train / *_val folders here hold demo data written by iconet_fastmri.demo; it "
-                f"rewrites their {prefix}*.h5 files when the demo settings change, and nothing else.\n"
-            )
             keep = {p.name for p in expected}
             for old in folder.glob(f"{prefix}*.h5"):
                 if old.name not in keep:
