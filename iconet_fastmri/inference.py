@@ -39,6 +39,7 @@ from .data.batching import collate_samples
 from .data.dataset import IconetSliceDataset
 from .data.splits import PartFilter, check_test_fraction
 from .data.transforms import IconetDataTransform
+from .divergence import check_finite_reconstruction, check_finite_state
 from .models import build_model, model_from_spec
 from .physics.acquisition import Acquisition
 from .physics.masks import MaskConfig
@@ -97,6 +98,10 @@ def load_method(
             f"checkpoint {checkpoint} was trained at scale {model.scale}; a model cannot "
             f"run at scale {scale}"
         )
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {checkpoint} holds no state_dict: not a Lightning checkpoint")
+    check_finite_state(state, f"checkpoint {checkpoint}")  # NaN weights would write NaN reconstructions
     data = dict(ckpt.get("IconetDataModule") or {})
     acquisition = Acquisition.from_spec(_acquisition_spec(hparams, data, model.scale), where=f"checkpoint {checkpoint}")
     # Only the module's own settings are taken, and never a path or a compile request.
@@ -104,7 +109,7 @@ def load_method(
     settings = {k: v for k, v in hparams.items() if k in accepted}
     settings.update(compile=False)
     module = IconetModule(model=model, acquisition=acquisition, **settings)
-    missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+    missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {checkpoint} does not match its architecture: missing {missing}, unexpected {unexpected}")
     return module.eval(), data, module.method_name
@@ -206,6 +211,7 @@ def run_inference(
         for batch in _progress(loader, len(loader), f"{method} x{scale}", progress):
             batch = batch._replace(hr_images=batch.hr_images.to(device), mask=batch.mask.to(device))
             sr = module.reconstruct(batch).float().cpu().numpy()
+            check_finite_reconstruction(sr, batch.fname, batch.slice_num, method)
             assembler.add_batch(batch.fname, batch.slice_num, sr, batch.mask)
     written = assembler.finish()
     return written

@@ -12,10 +12,13 @@ installed packages), and imported because your command names it
 (:mod:`iconet_fastmri.registry`; a checkpoint never makes us import one).
 See docs/ARCHITECTURE.md, "Add a mask".
 
+A refused run (a bad value, file or checkpoint) prints its message alone and
+exits with status 1; set ``ICONET_DEBUG=1`` for the traceback.
+
 See ``python scripts/train_iconet_fastmri.py fit --help`` and README.md.
 """
 
-from iconet_fastmri.cli import main
+from iconet_fastmri.cli import run
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -34,6 +34,7 @@ LAYERS = {
     "figures": 4,
     "pl_modules": 5,
     "callbacks": 5,
+    "divergence": 5,
     "reports": 5,
     "predictions": 5,
     "cli": 6,

@@ -17,6 +17,7 @@ noise and the mask generator.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -31,6 +32,17 @@ from .sense import SenseOperator, calibration_region, estimate_maps_rss
 __all__ = ["Acquisition"]
 
 MaskLike = Union[MaskConfig, Mapping[str, Any], Callable[..., Any], None]
+
+
+def _noise_std(value: Any) -> float:
+    """A finite number >= 0 (``nan`` would act as no noise, ``inf`` makes every input NaN)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not (math.isfinite(number) and number >= 0):
+        raise ValueError(f"noise_std must be a number >= 0 and finite, got {value!r}")
+    return number
 
 
 class Acquisition(nn.Module):
@@ -66,9 +78,7 @@ class Acquisition(nn.Module):
             mask = MaskConfig(**mask)
         self.mask = mask if isinstance(mask, MaskConfig) else None
         self.mask_func = mask.build() if isinstance(mask, MaskConfig) else mask
-        if isinstance(noise_std, bool) or not float(noise_std) >= 0:
-            raise ValueError(f"noise_std must be a number >= 0, got {noise_std!r}")
-        self.noise_std = float(noise_std)
+        self.noise_std = _noise_std(noise_std)
         specs = list(kspace_steps or [])
         self.kspace_steps = [dict(s) for s in specs if isinstance(s, Mapping)]
         built = iter(build_kspace_steps(self.kspace_steps))  # unknown names and options fail here

@@ -26,6 +26,7 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 
+from ..divergence import check_finite_reconstruction
 from ..metrics import VolumeAccumulator, merge_results, summarize
 
 __all__ = ["EvalBatch", "MriModule"]
@@ -122,9 +123,14 @@ class MriModule(pl.LightningModule):
         self._end_eval("test")
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Dict[str, Any]:
-        """Reconstructions keyed by (file name, slice): ``{"fname", "slice_num", "reconstruction"}``."""
-        return {"fname": list(batch.fname), "slice_num": batch.slice_num.cpu(),
-                "reconstruction": self.reconstruct(batch).float().cpu()}
+        """Reconstructions keyed by (file name, slice): ``{"fname", "slice_num", "reconstruction"}``.
+
+        A NaN/Inf reconstruction is an error naming its file and slice, never written.
+        """
+        reconstruction = self.reconstruct(batch).float().cpu()
+        check_finite_reconstruction(reconstruction, batch.fname, batch.slice_num,
+                                    getattr(self, "method_name", type(self).__name__))
+        return {"fname": list(batch.fname), "slice_num": batch.slice_num.cpu(), "reconstruction": reconstruction}
 
     @property
     def volume_results(self) -> Dict[str, Dict[str, Dict[str, float]]]:
