@@ -49,6 +49,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from . import machine_load
+from .divergence import non_finite_tensors
 from .io import remove_stale_partials, temporary_name
 
 __all__ = ["CpuThreads", "IconetCheckpoint", "nonfinite_tensors"]
@@ -246,7 +247,7 @@ def nonfinite_tensors(module: torch.nn.Module) -> list:
         by_device.setdefault(t.device, []).append(torch.isfinite(t).all())
     if all(bool(torch.stack(flags).all()) for flags in by_device.values()):
         return []
-    return [name for name, t in tensors if not bool(torch.isfinite(t).all())]
+    return [name for name, _ in non_finite_tensors(tensors)]
 
 
 class CpuThreads(pl.Callback):

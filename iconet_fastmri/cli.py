@@ -57,56 +57,41 @@ What the CLI adds to Lightning's:
   and exits with status 1; ``ICONET_DEBUG=1`` adds the traceback. :func:`main`
   raises (for use from Python).
 
-The module is long because it holds every start-up check of a run (what a
-checkpoint may decide against what you typed, non-finite settings, the run
-folder and its lock, the CPU threads) next to the CLI hooks that call them.
+The run folder's rules live in :mod:`iconet_fastmri.run_folder`, what a
+checkpoint may decide in :mod:`iconet_fastmri.checkpoint_settings`.
 """
 
 from __future__ import annotations
 
-import inspect
-import json
 import math
 import os
-import socket
 import sys
-import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Set
+from typing import Any, Iterable, List, Optional
 
 import pytorch_lightning as pl
 import torch
 from jsonargparse import Namespace
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
+from pytorch_lightning.utilities import rank_zero_info
 
 from .callbacks import CpuThreads, IconetCheckpoint
 from .divergence import NonFiniteError, StopOnNonFinite, check_finite_state
 from .machine_load import available_cores, cpu_sample, foreign_load, threads_for
 from .checkpoints import UnsafeCheckpointError, load_checkpoint
 from .io import DEBUG_ENV
-from .models import MODELS, registered_name
 from .registry import allow_imports, search_working_directory
 from .predictions import PredictionWriter
 from .reports import FitSummary, ValidationPanels, VolumeMetricsFile
 from .pl_modules import IconetDataModule, IconetModule
-
-try:  # parse the command line again without applying links: what the user set, defaults left out
-    from jsonargparse._link_arguments import skip_apply_links as _skip_links
-except ImportError:  # pragma: no cover - another jsonargparse: the option names on the command line are used
-    _skip_links = None
+from .checkpoint_settings import adopt_checkpoint_architecture, mode_channels, typed_settings, warn_changed_acquisition
+from .run_folder import RunLock, checkpoint_dir, claim_checkpoint_dir, first_process, resolve_last
 
 __all__ = ["IconetCLI", "RunLock", "is_refusal", "main", "run"]
 
 
 def _acquisition_of(data: IconetDataModule):
     return data.acquisition
-
-
-def mode_channels(mode: str) -> int:
-    """Input channels of a ``model.mode``: 1 for magnitude, 2 for complex (real, imag)."""
-    return 1 if mode == "magnitude" else 2
 
 
 class IconetCLI(LightningCLI):
@@ -194,7 +179,7 @@ class IconetCLI(LightningCLI):
         if "weights_only" in config and config.get("weights_only") is None:
             config["weights_only"] = True
         check_finite_settings(config)
-        if self.subcommand == "fit" and _first_process():
+        if self.subcommand == "fit" and first_process():
             # One fit at a time per checkpoint folder (a second one, started alongside, is refused).
             folder = config["checkpoint"]["dirpath"] if config.get("checkpoint") is not None else None
             self._lock = RunLock(Path(folder) if folder else checkpoint_dir(config)).acquire()
@@ -269,168 +254,6 @@ def _numbers(value: Any, key: str) -> Iterable[Any]:
         yield key, value
 
 
-def checkpoint_dir(config: Any) -> Path:
-    """The run's checkpoint folder: ``checkpoint.dirpath``, else ``<default_root_dir>/checkpoints``."""
-    explicit = config.get("checkpoint.dirpath") if config.get("checkpoint") is not None else None
-    if explicit:
-        return Path(explicit)
-    root = config.get("trainer.default_root_dir") or "runs/default"
-    return Path(root) / "checkpoints"
-
-
-def resolve_last(folder: Path) -> Path:
-    """``--ckpt_path last``: exactly ``<folder>/last.ckpt``; other ``last*.ckpt`` files make it ambiguous."""
-    others = sorted(p.name for p in folder.glob("last*.ckpt") if p.name != "last.ckpt")
-    if others:
-        raise ValueError(
-            f"--ckpt_path last is ambiguous: {folder} holds last.ckpt and {others} (from earlier runs "
-            f"of older versions); pass the file you mean with --ckpt_path {folder}/<file>"
-        )
-    path = folder / "last.ckpt"
-    if not path.is_file():
-        raise FileNotFoundError(f"--ckpt_path last: there is no {path} (has this run saved a checkpoint?)")
-    return path
-
-
-def claim_checkpoint_dir(folder: Path, overwrite: bool) -> None:
-    """A new ``fit`` needs a checkpoint folder of its own: refuse one that holds checkpoints, or move them aside."""
-    existing = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
-    if not existing:
-        return
-    if not overwrite:
-        raise ValueError(
-            f"{folder} already holds checkpoints of an earlier run ({', '.join(p.name for p in existing)}). "
-            f"Resume it with --ckpt_path last, start elsewhere with --trainer.default_root_dir, or pass "
-            f"--overwrite true to move them to {folder}/replaced-<time>/ and start afresh"
-        )
-    target = folder / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-    target.mkdir()
-    for path in existing:
-        path.rename(target / path.name)
-    rank_zero_info(f"[iconet-fastmri] --overwrite: moved {len(existing)} earlier checkpoint(s) to {target}")
-
-
-class RunLock:
-    """One ``fit`` at a time per checkpoint folder.
-
-    The lock is the file ``.<folder name>.lock`` next to the folder (for
-    ``runs/demo/checkpoints``: ``runs/demo/.checkpoints.lock``; inside it,
-    Lightning would warn that the folder is not empty), created exclusively
-    (``O_CREAT | O_EXCL``) and holding the owner's pid, host and start time. A
-    second ``fit`` into the folder is refused while the owner runs. The lock is
-    removed when the run ends, however it ends; a lock left by a killed run
-    (its pid no longer runs on this host) is taken over, with a message. A
-    lock of another host cannot be checked: the message says to delete the
-    file if no run is using the folder.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
-        self.path = self.folder.parent / f".{self.folder.name}.lock"
-        self._held = False
-        self._made: List[Path] = []
-
-    def acquire(self) -> "RunLock":
-        missing = [p for p in [self.folder.parent, *self.folder.parent.parents] if not p.exists()]
-        self.folder.parent.mkdir(parents=True, exist_ok=True)
-        self._made = missing  # removed again at release if still empty
-        record = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "started": time.strftime("%Y-%m-%d %H:%M:%S"), "folder": str(self.folder)}
-        for _ in range(5):
-            if self._create(record):
-                self._held = True
-                return self
-            holder = self._read(self.path)
-            if holder is None and self.path.exists():
-                raise FileExistsError(
-                    f"{self.folder} is locked by {self.path}, which cannot be read: another fit may be running "
-                    f"into it. If none is, delete {self.path}"
-                )
-            if holder is None:  # released meanwhile: try again
-                continue
-            if not self._stale(holder):
-                raise FileExistsError(
-                    f"another fit is running into {self.folder}: pid {holder.get('pid')} on "
-                    f"{holder.get('host')}, started {holder.get('started')} (lock {self.path}). Wait for it to "
-                    f"end, or use another --trainer.default_root_dir"
-                    + ("" if holder.get("host") == socket.gethostname() else
-                       f". That host cannot be checked from here: if no fit runs there, delete {self.path}")
-                )
-            if self._take_over(holder):
-                rank_zero_info(
-                    f"[iconet-fastmri] {self.path}: the fit that held this lock (pid {holder.get('pid')}, "
-                    f"started {holder.get('started')}) no longer runs; taking it over"
-                )
-        raise FileExistsError(f"could not lock {self.folder} ({self.path} keeps changing): another fit is starting")
-
-    def release(self) -> None:
-        if self._held:
-            self._held = False
-            holder = self._read(self.path)
-            if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-                self.path.unlink(missing_ok=True)
-        for folder in self._made:  # innermost first: only the empty folders this lock created
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        self._made = []
-
-    # ------------------------------------------------------------------ internals
-    def _create(self, record: Dict[str, Any]) -> bool:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(record))
-        return True
-
-    @staticmethod
-    def _read(path: Path) -> Optional[Dict[str, Any]]:
-        try:
-            holder = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        return holder if isinstance(holder, dict) else None
-
-    @staticmethod
-    def _stale(holder: Dict[str, Any]) -> bool:
-        """The holder's pid no longer runs on this host (a lock of another host is never stale)."""
-        pid = holder.get("pid")
-        if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except OSError:  # exists, another user's
-            return False
-        return False
-
-    def _take_over(self, holder: Dict[str, Any]) -> bool:
-        """Move the stale lock aside (atomically), unless another process took it over first."""
-        aside = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
-        try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return False
-        if self._read(aside) != holder:  # someone's fresh lock, not the stale one: put it back
-            try:
-                os.link(aside, self.path)
-            except OSError:
-                pass
-            aside.unlink(missing_ok=True)
-            return False
-        aside.unlink(missing_ok=True)
-        return True
-
-
-def _first_process() -> bool:
-    """Rank 0 of the run (other ranks of a multi-process run re-run the CLI into rank 0's folder)."""
-    return getattr(rank_zero_only, "rank", 0) == 0 and os.environ.get("NODE_RANK", "0") in ("", "0")
-
-
 class _RunPhase(pl.Callback):
     """Marks an exception raised once training / evaluation / prediction has started (see :func:`run`)."""
 
@@ -447,174 +270,6 @@ class _RunPhase(pl.Callback):
             exception.iconet_mid_run = self.started  # type: ignore[attr-defined]
         except AttributeError:  # pragma: no cover - an exception type without attributes
             pass
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Namespace):
-        return {k: _plain(v) for k, v in vars(value).items()}
-    return value
-
-
-def typed_settings(parser: Any, args: Any, subcommand: Optional[str]) -> Optional[Set[str]]:
-    """The dotted keys the user set, on the command line or in a config file, defaults left out.
-
-    ``--data.scale 2`` counts even where 2 is the default. The arguments are
-    parsed a second time without defaults (jsonargparse's ``defaults=False``);
-    where that fails, the option names on the command line are used.
-    """
-    if isinstance(args, (dict, Namespace)):  # LightningCLI(args={...})
-        given: Any = args if isinstance(args, Namespace) else Namespace(**_nested(args))
-    else:
-        args = [str(a) for a in (args or [])]
-        try:
-            if _skip_links is None:
-                raise RuntimeError("no way to parse without links")
-            with _skip_links():
-                given = parser.parse_args(args, defaults=False)
-        except (Exception, SystemExit):  # pragma: no cover - jsonargparse internals changed
-            return _option_names(args)
-    section = given.get(subcommand) if subcommand and subcommand in given else given
-    return set(section.keys()) if isinstance(section, Namespace) else set()
-
-
-def _nested(value: Any) -> Any:
-    return Namespace(**{k: _nested(v) for k, v in value.items()}) if isinstance(value, dict) else value
-
-
-def _option_names(args: Iterable[str]) -> Set[str]:
-    return {a[2:].split("=", 1)[0].rstrip("+") for a in args if a.startswith("--")}
-
-
-def adopt_checkpoint_architecture(
-    config: Any, hparams: Dict[str, Any], path: Path, typed: Optional[Set[str]] = None
-) -> None:
-    """Take the model's architecture from a checkpoint's hyperparameters, and nothing else.
-
-    The checkpoint names a registered model class and its init args. Where the
-    user (command line or config file) did not set an argument, the
-    checkpoint's value is used; where the user set another value, that is an
-    error naming both, even when the value typed is the default
-    (``--data.scale 2`` with a x4 checkpoint). ``typed`` holds the dotted keys
-    the user set (:func:`typed_settings`); ``None``: a value other than the
-    default counts as set. ``data.scale`` and ``model.mode`` are checked the
-    same way against the checkpoint's scale and input channels. Every other
-    hyperparameter (output paths, learning rate, ...) comes from the user alone.
-    """
-    spec = hparams.get("model")
-    if not isinstance(spec, dict) or "class_path" not in spec:
-        raise ValueError(
-            f"checkpoint {path} does not record its model as {{'class_path', 'init_args'}}: not an "
-            f"iconet-fastmri checkpoint, or written by an older version"
-        )
-    try:
-        name = registered_name(spec["class_path"])
-    except ValueError as err:
-        raise ValueError(f"checkpoint {path}: {err}") from None
-    cls = MODELS.get(name)
-    ckpt_args = {k: v for k, v in dict(spec.get("init_args") or {}).items() if isinstance(k, str)}
-    defaults = _signature_defaults(cls)
-
-    def was_set(key: str, value: Any, default: Any) -> bool:
-        return key in typed if typed is not None else value != default
-
-    conflicts: List[str] = []
-    user = config.get("model.model")
-    user_args: Dict[str, Any] = {}
-    if user is not None:
-        user_path = user.get("class_path") if isinstance(user, Namespace) else None
-        try:
-            same = registered_name(user_path) == name
-        except ValueError:
-            same = False
-        if not same:
-            conflicts.append(f"model.model: the checkpoint holds {name} ({spec['class_path']}), you gave {user_path}")
-        else:
-            user_args = _plain(user.get("init_args")) or {}
-    merged = dict(ckpt_args)
-    for key, value in ckpt_args.items():
-        if key in ("scale", "in_chans") or key not in user_args:
-            continue
-        given = user_args[key]
-        if given != value and was_set(f"model.model.init_args.{key}", given, defaults.get(key, _NO_DEFAULT)):
-            conflicts.append(f"model.model.init_args.{key}: the checkpoint has {value!r}, you gave {given!r}")
-    scale = ckpt_args.get("scale")
-    if scale is not None and config.get("data.scale") != scale:
-        if was_set("data.scale", config.get("data.scale"), _DATA_DEFAULTS["scale"]):
-            conflicts.append(f"data.scale: the checkpoint was trained at {scale}, you gave {config.get('data.scale')}")
-        config["data.scale"] = scale
-    in_chans = ckpt_args.get("in_chans")
-    if in_chans is not None and mode_channels(config.get("model.mode")) != in_chans:
-        ckpt_mode = "magnitude" if in_chans == 1 else "complex"
-        if was_set("model.mode", config.get("model.mode"), _MODULE_DEFAULTS["mode"]):
-            conflicts.append(f"model.mode: the checkpoint is {ckpt_mode!r}, you gave {config.get('model.mode')!r}")
-        config["model.mode"] = ckpt_mode
-    if conflicts:
-        raise ValueError(
-            f"checkpoint {path} conflicts with the command line / config:\n  "
-            + "\n  ".join(conflicts)
-            + "\nDrop these settings (the checkpoint's are used) or use a matching checkpoint."
-        )
-    merged.update(scale=config.get("data.scale"), in_chans=mode_channels(config.get("model.mode")))
-    config["model.model"] = Namespace(class_path=f"{cls.__module__}.{cls.__qualname__}", init_args=Namespace(**merged))
-
-
-_NO_DEFAULT = object()
-
-
-def warn_changed_acquisition(config: Any, checkpoint: Dict[str, Any], path: Path) -> None:
-    """Resuming ``fit`` with another mask, noise or k-space steps than the checkpoint's run: say so, naming both.
-
-    The run then trains on the new acquisition, and its ``last.ckpt`` records
-    the new one: the checkpoint alone no longer tells what the weights saw.
-    """
-    hparams = checkpoint.get("hyper_parameters") or {}
-    recorded = hparams.get("acquisition") if isinstance(hparams.get("acquisition"), dict) else {}
-    data_state = checkpoint.get("IconetDataModule") if isinstance(checkpoint.get("IconetDataModule"), dict) else {}
-    before = {
-        "mask": recorded.get("mask", data_state.get("mask")),
-        "noise_std": recorded.get("noise_std"),
-        "kspace_steps": recorded.get("kspace_steps"),
-    }
-    now = {
-        "mask": _plain(config.get("data.mask")),
-        "noise_std": config.get("data.noise_std"),
-        "kspace_steps": _plain(config.get("data.kspace_steps")),
-    }
-    changed = []
-    for key, old in before.items():
-        if old is None:
-            continue  # not recorded (an older checkpoint)
-        new = now[key]
-        if key == "kspace_steps":
-            old, new = list(old or []), list(new or [])
-        if isinstance(old, dict) and isinstance(new, dict):  # fields both know (a newer field is no change)
-            same = all(old[k] == new[k] for k in old.keys() & new.keys())
-        else:
-            same = old == new
-        if same:
-            continue
-        changed.append(f"{key}: the checkpoint's run used {_describe(old)}, you gave {_describe(new)}")
-    if changed:
-        rank_zero_warn(
-            f"resuming {path} with another acquisition than the run that wrote it:\n  " + "\n  ".join(changed)
-            + "\nThe rest of the run trains on yours, and last.ckpt will record yours only. To keep the two "
-            "apart, start a new run folder (--trainer.default_root_dir) from these weights instead."
-        )
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, dict) and "name" in value:
-        args = {k: v for k, v in value.items() if k != "name" and v not in (None, {}, [])}
-        return f"{value['name']!r} {json.dumps(args, sort_keys=True)}" if args else repr(value["name"])
-    return repr(value)
-
-
-def _signature_defaults(cls: type) -> Dict[str, Any]:
-    return {k: p.default for k, p in inspect.signature(cls).parameters.items() if p.default is not p.empty}
-
-
-_DATA_DEFAULTS = _signature_defaults(IconetDataModule)
-_MODULE_DEFAULTS = _signature_defaults(IconetModule)
 
 
 def main(args: Optional[List[str]] = None) -> None:

@@ -44,6 +44,7 @@ from .models import build_model, model_from_spec
 from .physics.acquisition import Acquisition
 from .physics.masks import MaskConfig
 from .pl_modules.iconet_module import IconetModule
+from .io import check_outputs_apart
 from .predictions import (
     MASK_SEED_RULE,
     VolumeAssembler,
@@ -168,6 +169,7 @@ def run_inference(
         The written files.
     """
     out_dir = Path(out_dir)
+    check_outputs_apart({"out_dir": out_dir}, {"data_path": data_path})  # never over, around or into the input
     check_writable(out_dir)  # before any model or data work
     module, trained, method = load_method(checkpoint, baseline, scale)
     scale = int(scale if scale is not None else trained.get("scale", module.scale))

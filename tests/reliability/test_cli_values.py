@@ -187,7 +187,7 @@ def test_run_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path, monk
     import json
     import socket
 
-    import iconet_fastmri.cli as cli
+    import iconet_fastmri.run_folder as cli
 
     folder = tmp_path / "run" / "checkpoints"
     lock = cli.RunLock(folder).acquire()

@@ -321,3 +321,18 @@ def test_demo_writes_into_a_new_an_empty_or_its_own_folder(tmp_path):
     empty.mkdir()
     make_demo_splits(empty, **DEMO)
     assert (empty / "singlecoil_val" / "file_demo_001.h5").is_file()
+
+
+def test_the_inference_library_call_and_mask_sweeps_refuse_the_data_folder_too(tmp_path):
+    """run_inference() (used by the script, predict's siblings and mask sweeps) checks its folders itself."""
+    from iconet_fastmri.demo import write_fastmri_dataset
+    from iconet_fastmri.inference import run_inference
+
+    data = tmp_path / "singlecoil_val"
+    write_fastmri_dataset(data, "singlecoil", num_volumes=1, slices=1, recon_size=(32, 32), seed=1)
+    before = sorted((p.name, p.stat().st_size) for p in data.iterdir())
+    for out in (data, data / "recon", tmp_path):
+        with pytest.raises(ValueError, match="singlecoil_val"):
+            run_inference(data, out, baseline="zero_filled_bicubic", scale=2, hr_crop=(32, 32), overwrite=True,
+                          progress=False)
+    assert sorted((p.name, p.stat().st_size) for p in data.iterdir()) == before
