@@ -79,6 +79,9 @@ class MriModule(pl.LightningModule):
 
     def _eval_step(self, batch: Any, prefix: str) -> EvalBatch:
         result = self.evaluate_batch(batch)
+        # A NaN/Inf output would be scored as "PSNR nan" with exit code 0: an error naming the file and slice.
+        check_finite_reconstruction(result.reconstruction, batch.fname, batch.slice_num,
+                                    getattr(self, "method_name", type(self).__name__))
         bs = result.reconstruction.shape[0]
         self.log(f"{prefix}/loss", result.loss, batch_size=bs, sync_dist=True)
         target = result.target.float().cpu().numpy()

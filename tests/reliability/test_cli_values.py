@@ -175,9 +175,9 @@ def test_a_second_fit_into_a_folder_a_fit_is_running_in_is_refused(data, tmp_pat
         first.wait()
     # Its lock is left behind by SIGKILL: the next fit takes it over, says so, and removes it at the end.
     said = []
-    import iconet_fastmri.cli as cli
+    import iconet_fastmri.run_folder as run_folder
 
-    monkeypatch.setattr(cli, "rank_zero_info", lambda msg: said.append(msg))
+    monkeypatch.setattr(run_folder, "rank_zero_info", lambda msg: said.append(msg))
     main(_args("fit", data, run, "--trainer.max_epochs", 1, "--overwrite", "true", model=True))
     assert any(f"pid {first.pid}" in m and "taking it over" in m for m in said), said
     assert not list(run.glob(".*.lock"))

@@ -217,3 +217,17 @@ def test_predict_never_writes_a_non_finite_reconstruction(tmp_path, singlecoil_d
     for path in (tmp_path / "predict").glob("*.h5"):
         with h5py.File(path) as f:
             assert np.isfinite(f["reconstruction"][()]).all()
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test"])
+def test_validate_and_test_never_report_a_non_finite_score(tmp_path, singlecoil_dir, subcommand):
+    """Finite weights whose output overflows: validate/test stop naming file and slice instead of 'PSNR nan', exit 0."""
+    from iconet_fastmri.cli import main
+
+    huge = _checkpoint(tmp_path / "huge.ckpt", scale_weights=1e30)
+    with pytest.raises(ValueError, match=r"reconstruction of file_demo_\d+\.h5 slice \d+ is non-finite"):
+        main([subcommand, "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.logger", "false",
+              "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "run"),
+              "--ckpt_path", str(huge), "--data.data_path", str(tmp_path), "--data.val_path", str(singlecoil_dir),
+              "--data.test_path", str(singlecoil_dir), "--data.hr_crop", "[32, 32]", "--data.batch_size", "2",
+              "--data.num_workers", "0", "--data.use_dataset_cache", "false"])
