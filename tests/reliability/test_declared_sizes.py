@@ -9,7 +9,6 @@ peak of Python/numpy allocations (``tracemalloc``).
 """
 
 import contextlib
-import signal
 import tracemalloc
 
 import h5py
@@ -23,23 +22,9 @@ from iconet_fastmri.demo import write_fastmri_dataset
 from iconet_fastmri.models import ICONet, model_from_spec, model_spec
 from iconet_fastmri.physics.masks import create_mask
 
+from helpers.runs import deadline
+
 ICONET = "iconet_fastmri.models.ICONet"
-
-
-@contextlib.contextmanager
-def deadline(seconds: float):
-    """Raise ``TimeoutError`` in the test if the block runs longer than ``seconds`` (a hang fails, never hangs)."""
-
-    def _expired(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s: a declared size was not bounded")
-
-    previous = signal.signal(signal.SIGALRM, _expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @contextlib.contextmanager

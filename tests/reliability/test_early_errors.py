@@ -10,35 +10,18 @@
 * the same volume in train and val is a warning at ``setup`` naming both.
 """
 
-import contextlib
 import logging
 import shutil
-import signal
 
 import h5py
 import numpy as np
 import pytest
 
+from helpers.runs import deadline
 from iconet_fastmri.data.dataset import IconetSliceDataset
 from iconet_fastmri.data.validation import FastMRIFileError, scan_kspace_values
 from iconet_fastmri.demo import write_fastmri_dataset
 from iconet_fastmri.pl_modules.data_module import IconetDataModule
-
-
-@contextlib.contextmanager
-def deadline(seconds: float):
-    """Raise ``TimeoutError`` in the test if the block runs longer than ``seconds``."""
-
-    def _expired(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, _expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _root(tmp_path, val_recon=(32, 32)):

@@ -14,8 +14,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from helpers.runs import cli_args, write_tiny_fit_data
 from iconet_fastmri.checkpoints import load_checkpoint
-from iconet_fastmri.demo import write_fastmri_dataset
 from iconet_fastmri.models import ICONet
 from iconet_fastmri.physics.acquisition import Acquisition
 from iconet_fastmri.pl_modules import IconetDataModule, IconetModule
@@ -23,27 +23,11 @@ from iconet_fastmri.pl_modules import IconetDataModule, IconetModule
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("nonfinite")
-    write_fastmri_dataset(root / "singlecoil_train", "singlecoil", num_volumes=2, slices=3, recon_size=(32, 32), seed=3)
-    write_fastmri_dataset(root / "singlecoil_val", "singlecoil", num_volumes=1, slices=2, recon_size=(32, 32),
-                          seed=4, first_index=9)
-    return root
+    return write_tiny_fit_data(tmp_path_factory.mktemp("nonfinite"))
 
 
 def _cli(sub, data, run, *extra):
-    args = [
-        sub, "--seed_everything", "0",
-        "--trainer.accelerator", "cpu", "--trainer.devices", "1",
-        "--trainer.default_root_dir", str(run),
-        "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
-        "--data.data_path", str(data), "--data.hr_crop", "[32, 32]",
-        "--data.batch_size", "2", "--data.num_workers", "0", "--data.use_dataset_cache", "false",
-    ]
-    if sub == "fit":
-        args += ["--trainer.num_sanity_val_steps", "0", "--model.model", "ICONet",
-                 "--model.model.init_args.width", "8", "--model.model.init_args.blocks_per_stage", "1"]
-    return args + [str(a) for a in extra]
+    return cli_args(sub, data, run, *extra, model=sub == "fit")
 
 
 def _checkpoint(path: Path, scale_weights: float = 1.0, nan_in=None) -> Path:

@@ -17,8 +17,9 @@ import torch
 
 from iconet_fastmri.checkpoints import UnsafeCheckpointError, load_checkpoint
 from iconet_fastmri.data.dataset import IconetSliceDataset
-from iconet_fastmri.demo import write_fastmri_dataset
 from iconet_fastmri.inference import write_volume_atomic
+
+from helpers.runs import write_tiny_fit_data
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "train_iconet_fastmri.py"
@@ -26,11 +27,7 @@ SCRIPT = ROOT / "scripts" / "train_iconet_fastmri.py"
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rel")
-    write_fastmri_dataset(root / "singlecoil_train", "singlecoil", num_volumes=2, slices=3, recon_size=(32, 32), seed=3)
-    write_fastmri_dataset(root / "singlecoil_val", "singlecoil", num_volumes=1, slices=2, recon_size=(32, 32),
-                          seed=4, first_index=9)
-    return root
+    return write_tiny_fit_data(tmp_path_factory.mktemp("rel"))
 
 
 def _args(data, run, epochs, extra=()):
