@@ -13,6 +13,12 @@
   folder was scored on is a column; folders scored on different grids (whose
   numbers are not comparable: a smaller grid is a smaller centre crop) give a
   :class:`MixedGridsWarning`.
+* Negative magnitudes: each row records the fraction of the prediction's
+  pixels below zero (``negative_fraction``; the metrics stay fastMRI's on the
+  given arrays), and a folder holding any gives a :class:`NegativeMagnitudesWarning`.
+* Files without the run's attributes (e.g. one rewritten by another tool) take
+  their folder's settings where the folder's other files agree
+  (:class:`MissingAttributesWarning` says so, or names what cannot be inferred).
 
 The module is long because scoring must refuse every way a prediction folder
 can be wrong (NaN, complex, off-grid, mis-declared, duplicated) with a message
@@ -48,7 +54,12 @@ __all__ = [
     "PredictionError",
     "TargetError",
     "MixedGridsWarning",
+    "NegativeMagnitudesWarning",
+    "MissingAttributesWarning",
+    "EVALUATION_WARNINGS",
+    "RUN_ATTRIBUTES",
     "mixed_grids",
+    "negative_magnitudes",
 ]
 
 
@@ -62,6 +73,92 @@ class TargetError(ValueError):
 
 class MixedGridsWarning(UserWarning):
     """Rows of one evaluation were scored on different HR grids (their numbers are not comparable)."""
+
+
+class NegativeMagnitudesWarning(UserWarning):
+    """A prediction folder holds negative magnitudes (scored as given; a magnitude image is non-negative)."""
+
+
+class MissingAttributesWarning(UserWarning):
+    """Prediction files without the run's attributes: their folder's settings were taken, or could not be."""
+
+
+#: The warnings an evaluation reports (``scripts/evaluate.py`` prints them and keeps them in its outputs).
+EVALUATION_WARNINGS = (MixedGridsWarning, NegativeMagnitudesWarning, MissingAttributesWarning)
+
+#: The run attributes a prediction file carries (:func:`~.predictions.volume_attributes`) that scoring
+#: reads; the effective acceleration is measured per volume, so it is never taken from another file.
+RUN_ATTRIBUTES = ("method", "scale", "hr_crop", "pad_if_smaller", "mask_name", "acceleration")
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True))
+    except TypeError:  # non-numeric (strings)
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+
+
+def _folder_settings(
+    folder: Path, files: Dict[str, Dict[str, Any]]
+) -> Tuple[Dict[str, Dict[str, Any]], Optional[str]]:
+    """Fill the run attributes a file lacks from the other files of its folder, where those agree.
+
+    ``files`` maps file names to their attributes. A folder where no file carries an attribute
+    (``fastmri.save_reconstructions``) is left as it is. Returns the completed attributes and a
+    warning text naming the files that lacked attributes (what was taken, and what could not be).
+    """
+    lacking = {name: [k for k in RUN_ATTRIBUTES if k not in attrs] for name, attrs in files.items()}
+    lacking = {name: keys for name, keys in lacking.items() if keys}
+    if not lacking:
+        return files, None
+    completed = {name: dict(attrs) for name, attrs in files.items()}
+    taken: Dict[str, List[str]] = {}
+    unknown: Dict[str, List[str]] = {}
+    for name, keys in sorted(lacking.items()):
+        for key in keys:
+            values = [attrs[key] for other, attrs in files.items() if other != name and key in attrs]
+            if not values:
+                continue  # no file of the folder says: nothing to infer, nothing lost
+            if all(_same(v, values[0]) for v in values[1:]):
+                completed[name][key] = values[0]
+                taken.setdefault(name, []).append(key)
+            else:
+                unknown.setdefault(name, []).append(key)
+    if not taken and not unknown:
+        return files, None
+    parts = []
+    if taken:
+        listing = "; ".join(f"{name} ({', '.join(keys)})" for name, keys in taken.items())
+        parts.append(
+            f"{folder}: {len(taken)} prediction file(s) lack the run's attributes and are scored with the "
+            f"settings the folder's other files agree on: {listing}"
+        )
+    if unknown:
+        listing = "; ".join(f"{name} ({', '.join(keys)})" for name, keys in unknown.items())
+        parts.append(
+            f"{folder}: the settings of {len(unknown)} prediction file(s) without the run's attributes cannot be "
+            f"inferred, as the folder's other files disagree on them: {listing}. These volumes are pooled "
+            f"apart from the rest of the folder (shown as unknown); pass --scale / --acceleration or "
+            f"rewrite the files with their run's attributes"
+        )
+    return completed, ". ".join(parts)
+
+
+def negative_magnitudes(rows: Sequence[Dict[str, Any]]) -> List[str]:
+    """Warning texts, one per prediction folder whose volumes hold negative magnitudes, naming them."""
+    folders: Dict[str, List[Dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("negative_fraction", 0.0) > 0:
+            folders.setdefault(str(row["folder"]), []).append(row)
+    texts = []
+    for folder, members in folders.items():
+        listing = ", ".join(f"{r['fname']} {r['negative_fraction']:.3f}" for r in members)
+        texts.append(
+            f"{folder} (method {members[0]['method']!r}): {len(members)} prediction volume(s) hold negative "
+            f"magnitudes (fraction of pixels below zero: {listing}); they are scored as given, but a magnitude "
+            f"image is non-negative, so the scores include the negative values"
+        )
+    return texts
 
 
 def mixed_grids(rows: Sequence[Dict[str, Any]]) -> Optional[str]:
@@ -166,6 +263,15 @@ def load_prediction(
     except OSError as err:
         raise PredictionError(f"{path}: cannot be read as HDF5 ({err})") from err
     return recon, attrs
+
+
+def _read_attributes(path: Path) -> Dict[str, Any]:
+    """The attributes of one prediction file (nothing else is read)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    except OSError as err:
+        raise PredictionError(f"{path}: cannot be read as HDF5 ({err})") from err
 
 
 @dataclass
@@ -284,10 +390,14 @@ def evaluate_folders(
     Returns:
         One row per (method, volume): method, model (the files' ``method``
         attribute), folder, fname, acquisition, scale, grid (the HR grid scored,
-        ``"HxW"``), mask, acceleration, effective_acceleration, num_slices, nmse, psnr, ssim.
+        ``"HxW"``), mask, acceleration, effective_acceleration, num_slices,
+        negative_fraction (of the scored prediction's pixels below zero), nmse, psnr, ssim.
+        A file lacking run attributes that the folder's other files agree on takes theirs.
 
     Warns:
         MixedGridsWarning: the rows were scored on more than one HR grid.
+        NegativeMagnitudesWarning: predictions hold negative pixels (naming folder, volumes, fractions).
+        MissingAttributesWarning: files lack the run's attributes (naming them, and what could not be inferred).
 
     Raises:
         PredictionError: a missing, unreadable, complex, non-finite or
@@ -307,6 +417,17 @@ def evaluate_folders(
         from tqdm.auto import tqdm
 
         iterator = tqdm(volumes, desc="scoring", unit="volume")
+    # The run attributes of every prediction to score, completed from its folder where a file lacks them.
+    settings: Dict[str, Dict[str, Dict[str, Any]]] = {}
+    attribute_notes: List[str] = []
+    for method in methods:
+        files = {}
+        for volume in volumes:
+            if (method.folder / volume.name).exists():
+                files[volume.name] = _read_attributes(method.folder / volume.name)
+        settings[method.name], note = _folder_settings(method.folder, files)
+        if note:
+            attribute_notes.append(note)
     # Volumes outside, methods inside: each target is computed once and only one is in memory.
     for volume in iterator:
         targets: Dict[Tuple, Tuple[np.ndarray, Dict[str, Any]]] = {}
@@ -320,6 +441,7 @@ def evaluate_folders(
                     f"(method {method.name!r}); pass --allow_missing to skip it"
                 )
             pred, attrs = load_prediction(pred_path, max_slice_elements)
+            attrs = {**attrs, **settings[method.name].get(volume.name, {})}
             bad = ~np.isfinite(pred)
             if bad.any():
                 slices = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1)).tolist()
@@ -343,6 +465,7 @@ def evaluate_folders(
                     + ")"
                 )
             metrics = volume_metrics(target, pred.astype(np.float32))
+            negative = float(np.count_nonzero(pred < 0)) / max(pred.size, 1)
             row_scale = _attr(attrs, "scale", scale, int)
             rows.append(
                 {
@@ -362,9 +485,14 @@ def evaluate_folders(
                         float,
                     ),
                     "num_slices": int(pred.shape[0]),
+                    "negative_fraction": negative,
                     **metrics,
                 }
             )
+    for note in attribute_notes:
+        warnings.warn(note, MissingAttributesWarning, stacklevel=2)
+    for note in negative_magnitudes(rows):
+        warnings.warn(note, NegativeMagnitudesWarning, stacklevel=2)
     message = mixed_grids(rows)
     if message:
         warnings.warn(message, MixedGridsWarning, stacklevel=2)
@@ -412,6 +540,10 @@ def summarize_rows(rows: Sequence[Dict[str, Any]], bootstrap: int = 0, seed: int
             "effective_acceleration": _mean_or_none([m["effective_acceleration"] for m in members]),
             "volumes": len(members),
         }
+        negatives = [m["negative_fraction"] for m in members if "negative_fraction" in m]
+        if negatives:
+            entry["negative_fraction_mean"] = float(np.mean(negatives))
+            entry["negative_fraction_max"] = float(np.max(negatives))
         for metric in METRIC_NAMES:
             values = np.array([m[metric] for m in members], dtype=np.float64)
             entry[f"{metric}_mean"] = float(values.mean())

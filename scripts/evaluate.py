@@ -24,7 +24,11 @@ target file's reconstruction size); ``--crop_predictions`` centre-crops
 larger ones. The grid is a column of the table, and folders scored on
 different grids are a warning (printed, and kept in results.json and
 table.md). NaN/Inf, complex and mis-shaped predictions are errors naming
-the file (and slices).
+the file (and slices). Predictions with negative pixels are scored as given,
+with the fraction of negative pixels per volume (negative_fraction; its mean
+and max per table row in summary.csv) and a warning naming the volumes. A file
+without the run's attributes takes the settings its folder's other files agree
+on, with a warning naming it (and what could not be inferred).
 
 --out and --figures must lie outside --targets and every --predictions folder
 (neither be, contain nor lie inside one). A refusal prints its message and
@@ -39,7 +43,7 @@ from pathlib import Path
 
 
 from iconet_fastmri.evaluation import (
-    MixedGridsWarning,
+    EVALUATION_WARNINGS,
     evaluate_folders,
     format_table,
     paired_comparison,
@@ -100,7 +104,8 @@ def main(argv=None):
         target_key = "reconstruction_esc" if args.challenge == "singlecoil" else "reconstruction_rss"
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", MixedGridsWarning)
+        for category in EVALUATION_WARNINGS:
+            warnings.simplefilter("always", category)
         rows = evaluate_folders(
             args.targets, args.predictions, names=args.names,
             hr_crop=tuple(args.hr_crop) if args.hr_crop else None,
@@ -110,7 +115,7 @@ def main(argv=None):
         )
     notes = []
     for w in caught:
-        if issubclass(w.category, MixedGridsWarning):
+        if issubclass(w.category, EVALUATION_WARNINGS):
             notes.append(str(w.message))
         else:  # not ours to judge: shown as Python would
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
