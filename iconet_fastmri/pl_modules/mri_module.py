@@ -11,6 +11,11 @@ hooks). A subclass implements :meth:`MriModule.evaluate_batch`; this base
   (validation gives each rank whole volumes),
 * logs ``{val,test}/{psnr,ssim,nmse}``, the same for each baseline
   (``val/psnr_bicubic`` ...), ``{val,test}/loss`` and ``num_volumes``,
+* logs a background diagnostic beside them, for the method and each baseline
+  (:func:`~iconet_fastmri.metrics.region_metrics`; object = target > 10 % of
+  the volume maximum): ``psnr_object``, ``ssim_object``, ``psnr_background``,
+  ``ssim_background``, ``background_bias`` and ``negative_fraction``, so a
+  negative bias painted over the background shows up in TensorBoard,
 * keeps the last epoch's per-volume results in :attr:`volume_results`.
 
 What a run reports besides the logs (JSON files, image panels, the
