@@ -51,6 +51,16 @@ REGION_METRIC_NAMES = (
 OBJECT_THRESHOLD = 0.1
 
 
+def _as_volumes(target: np.ndarray, pred: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """``(S, H, W)`` arrays of the same shape (a single slice gets S = 1), as they are otherwise."""
+    target, pred = np.asarray(target), np.asarray(pred)
+    if target.ndim == 2:
+        target, pred = target[None], pred[None]
+    if target.shape != pred.shape:
+        raise ValueError(f"target shape {target.shape} and prediction shape {pred.shape} differ")
+    return target, pred
+
+
 def volume_metrics(target: np.ndarray, pred: np.ndarray, maxval: Optional[float] = None) -> Dict[str, float]:
     """NMSE, PSNR and SSIM of one volume, by fastmri.evaluate.
 
@@ -60,12 +70,7 @@ def volume_metrics(target: np.ndarray, pred: np.ndarray, maxval: Optional[float]
         maxval: data range; default the target volume's maximum (fastMRI's choice).
     """
     # No dtype change: fastMRI scores the float32 arrays of the files as they are.
-    target = np.asarray(target)
-    pred = np.asarray(pred)
-    if target.ndim == 2:
-        target, pred = target[None], pred[None]
-    if target.shape != pred.shape:
-        raise ValueError(f"target shape {target.shape} and prediction shape {pred.shape} differ")
+    target, pred = _as_volumes(target, pred)
     # maxval None: fastmri's own default (the target volume's max, in its dtype).
     return {
         "nmse": float(np.asarray(evaluate.nmse(target, pred)).item()),
@@ -122,12 +127,7 @@ def region_metrics(
     view) leaves its keys out rather than reporting NaN; a region reproduced exactly has PSNR
     ``inf``, as fastMRI's PSNR would.
     """
-    target = np.asarray(target)
-    pred = np.asarray(pred)
-    if target.ndim == 2:
-        target, pred = target[None], pred[None]
-    if target.shape != pred.shape:
-        raise ValueError(f"target shape {target.shape} and prediction shape {pred.shape} differ")
+    target, pred = _as_volumes(target, pred)
     negative = float(np.count_nonzero(pred < 0)) / max(pred.size, 1)
     out: Dict[str, float] = {"negative_fraction": negative}
     maxval = float(target.max()) if maxval is None else float(maxval)
