@@ -145,12 +145,11 @@ class IconetModule(MriModule):
         return self.acquisition.simulate(batch.hr_images, batch.mask)
 
     def model_input(self, deg: Degraded) -> NetworkInput:  # coil maps travel in it, not on self
-        return network_input(deg, self.in_chans, self.uses_dc, self.map_net or self.acquisition.estimate_maps)
+        maps = self.acquisition.estimate_maps if self.map_net is None else self.map_net
+        return network_input(deg, self.in_chans, self.uses_dc, maps)
 
     def forward(self, inputs: NetworkInput) -> SROutput:
-        x = inputs.image
-        if self.hparams.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = inputs.image.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else inputs.image
         net = self._compiled if self._compiled is not None else self.model
         return net(x, **inputs.dc)
 

@@ -18,6 +18,8 @@ from types import SimpleNamespace
 import h5py
 import numpy as np
 import pytest
+
+from helpers.runs import write_checkpoint
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -220,14 +222,7 @@ def tiny_checkpoint(tmp_path):
     path = tmp_path / "model.ckpt"
     torch.manual_seed(0)
     module = IconetModule(ICONet(scale=2, width=8, blocks_per_stage=1))
-    torch.save({
-        "state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-        "pytorch-lightning_version": pl.__version__, "epoch": 0, "global_step": 0,
-        "IconetDataModule": {"scale": 2, "challenge": "singlecoil", "hr_crop": [32, 32],
-                             "mask": {"name": "random", "center_fractions": [0.08], "accelerations": [4.0],
-                                      "seed": None, "path": None, "options": {}}},
-    }, path)
-    return path
+    return write_checkpoint(path, module)
 
 
 def test_cli_predict_into_the_data_folder_is_refused(raw, tiny_checkpoint, tmp_path, capsys):

@@ -14,7 +14,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from helpers.runs import cli_args, write_tiny_fit_data
+from helpers.runs import cli_args, write_checkpoint, write_tiny_fit_data
 from iconet_fastmri.checkpoints import load_checkpoint
 from iconet_fastmri.models import ICONet
 from iconet_fastmri.physics.acquisition import Acquisition
@@ -38,14 +38,7 @@ def _checkpoint(path: Path, scale_weights: float = 1.0, nan_in=None) -> Path:
     if nan_in is not None:
         state[nan_in] = state[nan_in].clone()
         state[nan_in].view(-1)[0] = float("nan")
-    torch.save({
-        "state_dict": state, "hyper_parameters": dict(module.hparams),
-        "pytorch-lightning_version": pl.__version__, "epoch": 0, "global_step": 0,
-        "IconetDataModule": {"scale": 2, "challenge": "singlecoil", "hr_crop": [32, 32],
-                             "mask": {"name": "random", "center_fractions": [0.08], "accelerations": [4.0],
-                                      "seed": None, "path": None, "options": {}}},
-    }, path)
-    return path
+    return write_checkpoint(path, module, state)
 
 
 def _all_finite(path):
