@@ -22,13 +22,14 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .models.common import SROutput, magnitude
+from .physics.degradation import Degraded
 from .physics.sense import complex_targets
 
 __all__ = ["MultiStageLoss", "SUPERVISE_MODES", "complex_stage_targets"]
@@ -162,17 +163,24 @@ class MultiStageLoss(nn.Module):
         return total, terms
 
 
-def complex_stage_targets(hr_images: torch.Tensor, output: SROutput,
+def complex_stage_targets(hr_images: torch.Tensor, stages: Union[SROutput, Degraded],
                           maps: Optional[torch.Tensor] = None) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-    """(SR, prior) complex targets, as (real, imag) channels, on the grids of ``output``'s stages.
+    """(SR, prior) complex targets, as (real, imag) channels, on the grids of ``stages``.
 
-    Each is ``F⁻¹ T F`` of the HR coil images on that grid, SENSE-combined with
+    ``stages`` is a model's output (the grids of its stages) or the
+    :class:`~iconet_fastmri.physics.degradation.Degraded` batch (the grids of its
+    magnitude targets, which the loss pairs with a model's stages by size).
+    Each target is ``F⁻¹ T F`` of the HR coil images on that grid, SENSE-combined with
     ``maps`` for multi-coil data (:func:`~iconet_fastmri.physics.sense.complex_targets`),
     computed in float32 outside autocast. Pass them to :class:`MultiStageLoss` for the
     phase-aware term.
     """
-    sr_grids = [tuple(t.shape[-2:]) for t in (output.sr_stages or [output.sr])]
-    rec_grids = [tuple(t.shape[-2:]) for t in output.rec_stages]
+    if isinstance(stages, Degraded):
+        sr_grids = [tuple(t.shape[-2:]) for t in stages.stage_targets]
+        rec_grids = [tuple(t.shape[-2:]) for t in stages.rec_targets]
+    else:
+        sr_grids = [tuple(t.shape[-2:]) for t in (stages.sr_stages or [stages.sr])]
+        rec_grids = [tuple(t.shape[-2:]) for t in stages.rec_stages]
     grids = list(dict.fromkeys(sr_grids + rec_grids))
     with torch.autocast(device_type=hr_images.device.type, enabled=False):
         images = dict(zip(grids, complex_targets(hr_images, grids, maps)))

@@ -62,4 +62,13 @@ def collate_samples(samples: Sequence[IconetSample]) -> IconetSample:
         slice_num=torch.tensor([int(s.slice_num) for s in samples]),
         max_value=torch.tensor([float(s.max_value) for s in samples], dtype=torch.float64),
         num_low_frequencies=torch.tensor([int(s.num_low_frequencies) for s in samples]),
+        patch=_patches(samples),
     )
+
+
+def _patches(samples: Sequence[IconetSample]):
+    """``(B, 4)`` patch boxes; a sample without one is its whole slice; ``None`` when no sample has one."""
+    if all(s.patch is None for s in samples):
+        return None
+    boxes = [s.patch if s.patch is not None else torch.tensor([0, 0, *s.hr_images.shape[-2:]]) for s in samples]
+    return torch.stack([b.to(torch.int64) for b in boxes])

@@ -12,7 +12,10 @@ Steps (per slice, in a data loader worker):
    ``center_crop`` convention (start ``(N - n) // 2``), which is how the
    files' ``reconstruction_esc`` / ``reconstruction_rss`` are defined; the
    RSS of these images is the HR target;
-4. optionally (training) a random HR patch aligned to the scale;
+4. optionally (training) the origin of a random HR patch aligned to the scale
+   (``IconetSample.patch``); the patch is cut on the device *after* the whole
+   slice is degraded (:mod:`iconet_fastmri.models.patches`), so it sees the
+   whole slice's aliasing, targets and normalisation scale;
 5. draw the undersampling mask on the LR grid ``(H/s, W/s)`` with the run's
    :class:`~iconet_fastmri.physics.acquisition.Acquisition`: with the seed
    :func:`iconet_fastmri.physics.masks.mask_seed` ``(fname, slice)`` when
@@ -55,6 +58,8 @@ class IconetSample(NamedTuple):
         slice_num: slice index in the volume.
         max_value: the volume's target maximum (file attribute ``max``; NaN if absent).
         num_low_frequencies: fully sampled centre columns of the mask.
+        patch: ``(4,)`` int64 ``(r0, c0, ph, pw)``, the training patch on the HR grid
+            (``(0, 0, H, W)``: the whole slice; ``None``: the whole slice, too).
     """
 
     hr_images: torch.Tensor
@@ -64,6 +69,7 @@ class IconetSample(NamedTuple):
     slice_num: int
     max_value: float
     num_low_frequencies: int
+    patch: Optional[torch.Tensor] = None
 
 
 def check_kspace(kspace: Any, fname: str, slice_num: int, key: str = "kspace") -> np.ndarray:
@@ -233,27 +239,26 @@ class IconetDataTransform:
         else:
             target_t = torch.empty(0)
 
-        lr_shape = self.lr_shape
+        H, W = hr_images.shape[-2:]
+        patch = (0, 0, int(H), int(W))
         if self.patch_size is not None and not self.use_seed:
             ph, pw = self.patch_size
             s = self.scale
-            r0 = s * self.rng.randint(0, (self.hr_crop[0] - ph) // s + 1)
-            c0 = s * self.rng.randint(0, (self.hr_crop[1] - pw) // s + 1)
-            hr_images = hr_images[..., r0 : r0 + ph, c0 : c0 + pw]
-            if target_t.numel():
-                target_t = target_t[..., r0 : r0 + ph, c0 : c0 + pw]
-            lr_shape = (ph // s, pw // s)
+            r0 = s * self.rng.randint(0, (H - ph) // s + 1)
+            c0 = s * self.rng.randint(0, (W - pw) // s + 1)
+            patch = (int(r0), int(c0), ph, pw)
 
         seed = eval_mask_seed(fname, slice_num, self.mask_seed_rule) if self.use_seed else None
-        lr_mask, num_low = self.acquisition.draw_mask(lr_shape, seed=seed)
+        lr_mask, num_low = self.acquisition.draw_mask(self.lr_shape, seed=seed)
 
         max_value = float(attrs.get("max", float("nan"))) if attrs else float("nan")
         return IconetSample(
             hr_images=hr_images.contiguous(),
-            mask=lr_mask.reshape(1, *lr_shape).contiguous(),
+            mask=lr_mask.reshape(1, *self.lr_shape).contiguous(),
             target=target_t.contiguous(),
             fname=str(fname),
             slice_num=int(slice_num),
             max_value=max_value,
             num_low_frequencies=int(num_low),
+            patch=torch.tensor(patch, dtype=torch.int64),
         )

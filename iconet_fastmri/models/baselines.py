@@ -41,7 +41,12 @@ class BicubicSR(SRModel):
         scale: super-resolution factor (2, 4 or 8).
         in_chans: 1 (magnitude) or 2 (real, imag; interpolated channel-wise).
         normalize, norm_eps: see :class:`~.common.SRModel`.
+
+    Its magnitude output is the literal interpolation, overshoot below 0 included
+    (``nonnegative = False``), as the literature reports the baseline.
     """
+
+    nonnegative = False
 
     def __init__(self, scale: int = 2, in_chans: int = 1, normalize: bool = False, norm_eps: float = 1e-12) -> None:
         super().__init__(scale, in_chans, normalize, norm_eps)

@@ -7,9 +7,17 @@ in one place for all of them:
 
 * the input check (rank, channel count, complex measured k-space when needed);
 * per-slice normalisation: the input (and the measured k-space) are divided
-  by :func:`per_slice_scale`, :meth:`SRModel.run` works in those units, and
-  every output is multiplied back; ``SROutput.norm_scale`` carries the scale
-  so that the loss compares in normalised units;
+  by the slice's scale, :meth:`SRModel.run` works in those units, and every
+  output is multiplied back; ``SROutput.norm_scale`` carries the scale so that
+  the loss compares in normalised units. The scale is :func:`per_slice_scale`
+  of the **whole slice's** input: computed from ``x`` when ``x`` is a whole
+  slice, and passed in (``norm_scale=``) when ``x`` is a training patch cut
+  from one (:mod:`~iconet_fastmri.models.patches`), so that a patch of
+  background is not blown up to the amplitude of anatomy;
+* magnitude outputs (1 channel) that are non-negative by construction: every
+  returned stage is ``max(·, 0)``, in training as in inference, since every
+  target and metric is a non-negative magnitude (complex outputs are left
+  alone: their magnitude is non-negative anyway);
 * its constructor arguments (:attr:`SRModel.init_args`), which the Lightning
   module stores in checkpoints as ``{"class_path", "init_args"}`` so that a
   model can be rebuilt from a registered class without pickling it.
@@ -36,6 +44,7 @@ __all__ = [
     "SROutput",
     "SRModel",
     "per_slice_scale",
+    "check_norm_scale",
     "channels_to_complex",
     "complex_to_channels",
     "upsample_bicubic",
@@ -80,6 +89,16 @@ def per_slice_scale(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     x = x.detach().to(torch.promote_types(x.dtype, torch.float32))
     mag = x.pow(2).sum(dim=1, keepdim=True).sqrt()
     return mag.mean(dim=(1, 2, 3), keepdim=True) + eps
+
+
+def check_norm_scale(norm_scale: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A given per-slice scale (:func:`per_slice_scale`, > 0 by its floor): ``(B, 1, 1, 1)`` for ``x``, detached.
+
+    Only the shape is checked (a value check would synchronise the device on every step).
+    """
+    if tuple(norm_scale.shape) != (x.shape[0], 1, 1, 1):
+        raise ValueError(f"norm_scale must be (B, 1, 1, 1) = {(x.shape[0], 1, 1, 1)}, got {tuple(norm_scale.shape)}")
+    return norm_scale.detach().to(torch.promote_types(x.dtype, torch.float32))
 
 
 def channels_to_complex(x: torch.Tensor) -> torch.Tensor:
@@ -136,6 +155,9 @@ class SRModel(nn.Module):
 
     #: Whether :meth:`run` needs ``measured_kspace`` and ``mask``.
     uses_kspace: bool = False
+    #: Whether 1-channel (magnitude) outputs are clamped at 0; the interpolation
+    #: baselines turn it off, to stay the literal interpolation the literature reports.
+    nonnegative: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -224,6 +246,7 @@ class SRModel(nn.Module):
         measured_kspace: Optional[torch.Tensor] = None,
         mask: Optional[torch.Tensor] = None,
         maps: Optional[torch.Tensor] = None,
+        norm_scale: Optional[torch.Tensor] = None,
     ) -> SROutput:
         """Super-resolve an LR image.
 
@@ -237,17 +260,20 @@ class SRModel(nn.Module):
             maps: coil sensitivities ``(B, C, h, w)`` complex (``Σ_c |S_c|² = 1``),
                 needed with multi-coil ``measured_kspace``; ``x`` is then the SENSE
                 combination ``Σ_c conj(S_c) x_c`` of the coil images (2 channels).
+            norm_scale: ``(B, 1, 1, 1)`` scale of the whole slices ``x`` was cut from
+                (:func:`per_slice_scale` of their input); default: computed from ``x``,
+                which must then be whole slices. Ignored when the model does not normalise.
 
         Returns:
-            :class:`SROutput` in the input's intensity units.
+            :class:`SROutput` in the input's intensity units; 1-channel outputs are >= 0.
         """
         self.check_inputs(x, measured_kspace, mask, maps if self.uses_kspace else None)
         if not self.uses_kspace:
             measured_kspace = mask = maps = None
         extra = {} if maps is None else {"maps": maps}
         if not self.normalize:
-            return self.run(x, measured_kspace, mask, **extra)
-        scale = per_slice_scale(x, self.norm_eps)
+            return self._nonnegative(self.run(x, measured_kspace, mask, **extra))
+        scale = per_slice_scale(x, self.norm_eps) if norm_scale is None else check_norm_scale(norm_scale, x)
         image = (x / scale).to(x.dtype)
         measured = None if measured_kspace is None else measured_kspace / scale
         out = self.run(image, measured, mask, **extra)
@@ -257,4 +283,13 @@ class SRModel(nn.Module):
         else:
             sr = (out.sr * scale).to(x.dtype)
         rec_stages = [(r * scale).to(x.dtype) for r in out.rec_stages]
-        return SROutput(sr=sr, sr_stages=sr_stages, rec_stages=rec_stages, norm_scale=scale)
+        return self._nonnegative(SROutput(sr=sr, sr_stages=sr_stages, rec_stages=rec_stages, norm_scale=scale))
+
+    def _nonnegative(self, out: SROutput) -> SROutput:
+        """Magnitude outputs clamped at 0 (with the gradient of ``relu``); complex ones as they are."""
+        if self.in_chans != 1 or not self.nonnegative:
+            return out
+        sr_stages = [torch.relu(s) for s in out.sr_stages]
+        sr = sr_stages[-1] if sr_stages and out.sr is out.sr_stages[-1] else torch.relu(out.sr)
+        return SROutput(sr=sr, sr_stages=sr_stages, rec_stages=[torch.relu(r) for r in out.rec_stages],
+                        norm_scale=out.norm_scale)

@@ -29,11 +29,15 @@ class NetworkInput:
         maps: the coil maps ``(B, C, h, w)`` of complex multi-coil batches, else ``None``.
         dc: keyword arguments of a network with data consistency
             (``measured_kspace``, ``mask`` and, for multi-coil data, ``maps``); empty otherwise.
+        norm_scale: ``(B, 1, 1, 1)`` normalisation scale of the whole slices ``image`` was cut
+            from (:func:`~iconet_fastmri.models.patches.cut_patches`); ``None`` for whole
+            slices, whose model computes it from ``image``.
     """
 
     image: torch.Tensor
     maps: Optional[torch.Tensor] = None
     dc: Dict[str, torch.Tensor] = field(default_factory=dict)
+    norm_scale: Optional[torch.Tensor] = None
 
 
 MapEstimator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

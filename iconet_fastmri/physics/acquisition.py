@@ -102,17 +102,20 @@ class Acquisition(nn.Module):
     def check_grid(self, hr_crop: Sequence[int], patch_size: Optional[Sequence[int]] = None) -> None:
         """Start-up checks of the mask on the HR grid (and training patch) this acquisition will see.
 
-        The mask must fit the LR grid and achieve its nominal acceleration there;
-        a patch may be narrower than ``hr_crop`` only along axes the mask samples
-        fully (a narrower field of view along an undersampled axis changes the aliasing).
+        The mask must fit the LR grid and achieve its nominal acceleration there
+        (masks are drawn for whole slices, also when training on patches, which are
+        cut after the acquisition: ``models/patches.py``); a patch may be narrower
+        than ``hr_crop`` only along axes the mask samples fully, where cutting the
+        measured k-space is exact.
         """
         hr = (int(hr_crop[0]), int(hr_crop[1]))
         patch = None if patch_size is None else (int(patch_size[0]), int(patch_size[1]))
-        for grid in {hr, patch or hr}:
-            lr = self.lr_shape(grid)
-            if self.mask_func is not None:
-                nominal = self.mask.nominal_acceleration() if self.mask is not None else None
-                check_mask_on_grid(self.mask_func, lr, nominal, name=f"mask {self.mask_name!r}")
+        lr = self.lr_shape(hr)
+        if patch is not None:
+            self.lr_shape(patch)  # multiples of the scale
+        if self.mask_func is not None:
+            nominal = self.mask.nominal_acceleration() if self.mask is not None else None
+            check_mask_on_grid(self.mask_func, lr, nominal, name=f"mask {self.mask_name!r}")
         if patch is not None:
             if patch[0] > hr[0] or patch[1] > hr[1]:
                 raise ValueError(f"patch_size {patch[0]}x{patch[1]} is larger than hr_crop {hr}")

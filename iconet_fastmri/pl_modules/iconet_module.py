@@ -22,6 +22,7 @@ from ..models import MODELS, BicubicSR, SRModel, model_spec
 from ..models.coil_maps import LearnedMaps
 from ..models.common import SROutput, magnitude
 from ..models.network_input import NetworkInput, network_input
+from ..models.patches import cut_patches
 from ..physics.acquisition import Acquisition
 from ..physics.degradation import Degraded
 from .mri_module import EvalBatch, MriModule
@@ -139,7 +140,7 @@ class IconetModule(MriModule):
         if self.map_net is not None and challenge == "singlecoil":
             raise ValueError("coil_maps='learned' needs multicoil data; this run is singlecoil (use coil_maps: rss)")
         if self.in_chans == 2 and challenge == "multicoil" and self.acquisition.mask_func is not None:
-            self.acquisition.check_calibration(dm.patch_size or dm.hr_crop, "mode='complex' on multicoil data")
+            self.acquisition.check_calibration(dm.hr_crop, "mode='complex' on multicoil data")  # maps: whole slices
 
     def degrade(self, batch: IconetSample) -> Degraded:  # the acquisition of a collated batch
         return self.acquisition.simulate(batch.hr_images, batch.mask)
@@ -151,21 +152,22 @@ class IconetModule(MriModule):
     def forward(self, inputs: NetworkInput) -> SROutput:
         x = inputs.image.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else inputs.image
         net = self._compiled if self._compiled is not None else self.model
-        return net(x, **inputs.dc)
+        return net(x, norm_scale=inputs.norm_scale, **inputs.dc)
 
     @staticmethod
-    def magnitude(image: torch.Tensor) -> torch.Tensor:
-        """(B, 1|2, H, W) -> (B, 1, H, W) magnitude, in float32 (no epsilon: this is for metrics)."""
+    def magnitude(image: torch.Tensor) -> torch.Tensor:  # (B, 1|2, H, W) -> (B, 1, H, W) float32, for metrics
         return magnitude(image.float(), eps=0.0)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: IconetSample, batch_idx: int) -> torch.Tensor:
-        deg = self.degrade(batch)
+        deg = self.degrade(batch)  # whole slices, also with data.patch_size (models/patches.py)
         inputs = self.model_input(deg)
+        phase_targets = complex_stage_targets(batch.hr_images, deg, inputs.maps) if self.hparams.lambda_phase > 0 else ()
+        deg, inputs, phase_targets = cut_patches(deg, inputs, batch.patch, self.model.norm_eps, phase_targets)
         out = self(inputs)
         loss, terms = self.loss_fn(out, deg.stage_targets, deg.rec_targets)
-        if self.hparams.lambda_phase > 0:
-            phase, _ = self.loss_fn(out, *complex_stage_targets(batch.hr_images, out, inputs.maps))
+        if phase_targets:
+            phase, _ = self.loss_fn(out, *phase_targets)
             terms["phase"] = phase.detach()
             loss = loss + self.hparams.lambda_phase * phase
         bs = deg.hr_target.shape[0]
@@ -178,8 +180,7 @@ class IconetModule(MriModule):
             self.log("train/lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]), on_step=False, on_epoch=True)
 
     def configure_optimizers(self):
-        hp = self.hparams
-        epochs = self.trainer.max_epochs if self._trainer is not None and self.trainer.max_epochs else 1
+        hp, epochs = self.hparams, (self.trainer.max_epochs if self._trainer is not None and self.trainer.max_epochs else 1)
         return adam_with_cosine(self.parameters(), hp.lr, hp.betas, hp.weight_decay, hp.scheduler, hp.lr_min, epochs)
 
     # ------------------------------------------------------------------ evaluation (MriModule)

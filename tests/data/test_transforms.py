@@ -51,14 +51,17 @@ def test_training_patches_and_random_masks(singlecoil_dir):
     mask_func = create_mask("random", center_fractions=[0.08], accelerations=[4], seed=0)
     transform = IconetDataTransform(Acquisition(2, mask_func), hr_crop=(32, 32), use_seed=False, patch_size=(16, 12), seed=0)
     dataset = SliceDataset(singlecoil_dir, "singlecoil", transform=transform, use_dataset_cache=False)
-    s1, s2 = dataset[0], dataset[0]
-    assert s1.hr_images.shape == (1, 16, 12) and s1.mask.shape == (1, 8, 6)
+    boxes = [dataset[0].patch.tolist() for _ in range(8)]
+    s1 = dataset[0]
+    # The sample keeps the whole slice and its whole-slice mask (the patch is cut after the
+    # acquisition, models/patches.py); the patch is a box of the HR grid aligned to the scale.
+    assert s1.hr_images.shape == (1, 32, 32) and s1.mask.shape == (1, 16, 16)
     full = IconetDataTransform(Acquisition(2), hr_crop=(32, 32))
     ref = SliceDataset(singlecoil_dir, "singlecoil", transform=full, use_dataset_cache=False)[0]
-    # The patch is a window of the full HR grid at a position aligned to the scale.
-    hits = [(r, c) for r in range(0, 17, 2) for c in range(0, 21, 2)
-            if torch.equal(ref.hr_images[..., r:r + 16, c:c + 12], s1.hr_images)]
-    assert hits
+    assert torch.equal(ref.hr_images, s1.hr_images) and ref.patch.tolist() == [0, 0, 32, 32]
+    for r0, c0, ph, pw in boxes:
+        assert (ph, pw) == (16, 12) and r0 % 2 == 0 and c0 % 2 == 0 and r0 + ph <= 32 and c0 + pw <= 32
+    assert len({tuple(b[:2]) for b in boxes}) > 1  # random positions
 
 
 def test_kspace_errors_name_file_and_slice():
