@@ -14,7 +14,8 @@ validates on full slices. Rules:
   whole slice's (``models/patches.py``);
 * ``volume``: as ``slice``, but the scale is the volume's: the file's ``max`` attribute (fastMRI
   keeps it per volume) times the training set's median (slice scale / volume max);
-* ``slice, no clamp``: ``slice`` without the non-negative magnitude output.
+* ``slice, relu`` and ``slice, signed``: ``slice`` with the magnitude output made non-negative
+  by ``max(·, 0)`` instead of ``|·|``, or left signed (as before issue 22).
 
 Prints a markdown table (and writes it to OUT/study.md). On 2 CPU cores the default set takes
 about 25 minutes; ``--steps`` and ``--models`` shorten it.
@@ -37,7 +38,7 @@ from iconet_fastmri.models import ICONet, UnetSR
 from iconet_fastmri.models.common import per_slice_scale
 from iconet_fastmri.pl_modules import IconetDataModule, IconetModule
 
-RULES = ("crop-first", "slice", "volume", "slice, no clamp")
+RULES = ("crop-first", "slice", "volume", "slice, relu", "slice, signed")
 
 
 class CropFirst(IconetModule):
@@ -97,8 +98,10 @@ def run_one(root: Path, model: str, rule: str, patch, batch_size: int, steps: in
                           mask={"name": "random", "center_fractions": [0.08], "accelerations": [4]})
     cls = {"crop-first": CropFirst, "volume": VolumeScale}.get(rule, IconetModule)
     net = _model(model)
-    if rule == "slice, no clamp":
+    if rule == "slice, signed":
         net.nonnegative = False
+    if rule == "slice, relu":
+        net.magnitude_of = torch.relu
     module = cls(net, acquisition=dm.acquisition, lr=1e-3, scheduler="none")
     if rule == "volume":
         module.ratio = ratio

@@ -15,9 +15,13 @@ in one place for all of them:
   from one (:mod:`~iconet_fastmri.models.patches`), so that a patch of
   background is not blown up to the amplitude of anatomy;
 * magnitude outputs (1 channel) that are non-negative by construction: every
-  returned stage is ``max(·, 0)``, in training as in inference, since every
-  target and metric is a non-negative magnitude (complex outputs are left
-  alone: their magnitude is non-negative anyway);
+  returned stage is ``|·|`` of the network's estimate, in training as in
+  inference, since every target and metric is a non-negative magnitude
+  (complex outputs are left alone: their magnitude is non-negative anyway).
+  ``|·|`` rather than ``max(·, 0)``: a clamp passes no gradient below 0, so
+  background pixels that start negative stay at exactly 0 under a noisy
+  target, which cost ICONet 0.07 SSIM in ``scripts/normalisation_study.py``
+  (docs/REAL_DATA.md, "Normalisation");
 * its constructor arguments (:attr:`SRModel.init_args`), which the Lightning
   module stores in checkpoints as ``{"class_path", "init_args"}`` so that a
   model can be rebuilt from a registered class without pickling it.
@@ -155,7 +159,7 @@ class SRModel(nn.Module):
 
     #: Whether :meth:`run` needs ``measured_kspace`` and ``mask``.
     uses_kspace: bool = False
-    #: Whether 1-channel (magnitude) outputs are clamped at 0; the interpolation
+    #: Whether 1-channel (magnitude) outputs are made non-negative; the interpolation
     #: baselines turn it off, to stay the literal interpolation the literature reports.
     nonnegative: bool = True
 
@@ -285,11 +289,14 @@ class SRModel(nn.Module):
         rec_stages = [(r * scale).to(x.dtype) for r in out.rec_stages]
         return self._nonnegative(SROutput(sr=sr, sr_stages=sr_stages, rec_stages=rec_stages, norm_scale=scale))
 
+    #: How :meth:`_nonnegative` makes a magnitude non-negative (``torch.abs``; see the module docstring).
+    magnitude_of = staticmethod(torch.abs)
+
     def _nonnegative(self, out: SROutput) -> SROutput:
-        """Magnitude outputs clamped at 0 (with the gradient of ``relu``); complex ones as they are."""
+        """Magnitude outputs through :attr:`magnitude_of`; complex ones as they are."""
         if self.in_chans != 1 or not self.nonnegative:
             return out
-        sr_stages = [torch.relu(s) for s in out.sr_stages]
-        sr = sr_stages[-1] if sr_stages and out.sr is out.sr_stages[-1] else torch.relu(out.sr)
-        return SROutput(sr=sr, sr_stages=sr_stages, rec_stages=[torch.relu(r) for r in out.rec_stages],
-                        norm_scale=out.norm_scale)
+        f = self.magnitude_of
+        sr_stages = [f(s) for s in out.sr_stages]
+        sr = sr_stages[-1] if sr_stages and out.sr is out.sr_stages[-1] else f(out.sr)
+        return SROutput(sr=sr, sr_stages=sr_stages, rec_stages=[f(r) for r in out.rec_stages], norm_scale=out.norm_scale)

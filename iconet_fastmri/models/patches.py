@@ -27,16 +27,45 @@ scale (``IconetSample.patch``); on a stage grid ``f`` times coarser, the rows
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from typing import Optional, Sequence, Tuple
 
 import torch
+from torch import nn
 
 from ..physics.degradation import Degraded
 from .common import per_slice_scale
 from .network_input import NetworkInput
 
-__all__ = ["cut_patches", "whole_slices"]
+__all__ = ["cut_patches", "whole_slices", "warn_window_statistics", "WindowStatisticsWarning"]
+
+
+class WindowStatisticsWarning(UserWarning):
+    """A model normalises its features over the window it sees, which patch training changes."""
+
+
+def warn_window_statistics(model: nn.Module, patch_size: Optional[Sequence[int]]) -> bool:
+    """Warn when ``model`` is trained on patches but normalises features over the spatial window.
+
+    InstanceNorm (fastMRI's U-Net, hence :class:`~iconet_fastmri.models.UnetSR`) and
+    GroupNorm divide each feature map by its statistics over what the network sees: a
+    patch of background gets other statistics than the whole slice it is tested on, the
+    same defect as a per-patch intensity scale, inside the network. ICONet's LayerNorm is
+    per pixel and does not have it. Measured in docs/REAL_DATA.md ("Patch training").
+    Returns whether it warned.
+    """
+    if not patch_size:
+        return False
+    norms = sorted({type(m).__name__ for m in model.modules()
+                    if isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm))})
+    if norms:
+        warnings.warn(
+            f"data.patch_size {list(patch_size)}: {type(model).__name__} normalises its features over the window it "
+            f"sees ({', '.join(norms)}), so patches train it on other statistics than the whole slices it is "
+            f"validated on; on background-heavy data this costs quality (docs/REAL_DATA.md, 'Patch training'). "
+            f"Train it on whole slices where memory allows.", WindowStatisticsWarning, stacklevel=2)
+    return bool(norms)
 
 
 def whole_slices(patch: torch.Tensor, hr_shape: Sequence[int]) -> bool:

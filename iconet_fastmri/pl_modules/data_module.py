@@ -97,10 +97,12 @@ class IconetDataModule(pl.LightningDataModule):
             object that the workers draw masks with and that the CLI hands to
             the Lightning module, which simulates on the device with it.
         hr_crop: HR grid ``[H, W]`` (fastMRI reconstructions: 320x320).
-        patch_size: optional random HR training patch ``[ph, pw]`` (multiples of s). It may be
-            smaller than ``hr_crop`` only along axes the mask samples fully (the rows, for
-            fastMRI's 1D masks): a narrower field of view along an undersampled axis changes
-            the aliasing, so it is refused at start-up (docs/REAL_DATA.md, "Patch training").
+        patch_size: optional random HR training patch ``[ph, pw]`` (multiples of s), cut on the
+            device after the whole slice is degraded, with the whole slice's normalisation scale
+            (``models/patches.py``): it saves the network's activation memory, not data loading.
+            It may be smaller than ``hr_crop`` only along axes the mask samples fully (the rows,
+            for fastMRI's 1D masks), where cutting the measured k-space is exact; anything else
+            is refused at start-up (docs/REAL_DATA.md, "Patch training").
         batch_size: slices per batch (per device).
         num_workers: data loader workers.
         sample_rate: fraction of training slices to use.

@@ -22,9 +22,8 @@ from ..models import MODELS, BicubicSR, SRModel, model_spec
 from ..models.coil_maps import LearnedMaps
 from ..models.common import SROutput, magnitude
 from ..models.network_input import NetworkInput, network_input
-from ..models.patches import cut_patches
-from ..physics.acquisition import Acquisition
-from ..physics.degradation import Degraded
+from ..models.patches import cut_patches, warn_window_statistics
+from ..physics.acquisition import Acquisition, Degraded
 from .mri_module import EvalBatch, MriModule
 from .optim import adam_with_cosine
 
@@ -137,6 +136,7 @@ class IconetModule(MriModule):
         if not self._own_acquisition and isinstance(getattr(dm, "acquisition", None), Acquisition):
             self._use_acquisition(dm.acquisition)  # built without the CLI: the data module's, as the CLI passes it
         challenge = getattr(dm, "challenge", None)
+        warn_window_statistics(self.model, getattr(dm, "patch_size", None) if stage == "fit" else None)
         if self.map_net is not None and challenge == "singlecoil":
             raise ValueError("coil_maps='learned' needs multicoil data; this run is singlecoil (use coil_maps: rss)")
         if self.in_chans == 2 and challenge == "multicoil" and self.acquisition.mask_func is not None:
@@ -176,8 +176,8 @@ class IconetModule(MriModule):
         return loss
 
     def on_train_epoch_start(self) -> None:
-        if self.trainer.optimizers:
-            self.log("train/lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]), on_step=False, on_epoch=True)
+        for optimizer in self.trainer.optimizers[:1]:
+            self.log("train/lr", float(optimizer.param_groups[0]["lr"]), on_step=False, on_epoch=True)
 
     def configure_optimizers(self):
         hp, epochs = self.hparams, (self.trainer.max_epochs if self._trainer is not None and self.trainer.max_epochs else 1)

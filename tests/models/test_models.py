@@ -27,7 +27,7 @@ from iconet_fastmri.models import (
     build_model,
 )
 from iconet_fastmri.models.blocks import LayerNorm2d
-from iconet_fastmri.models.common import channels_to_complex
+from iconet_fastmri.models.common import channels_to_complex, per_slice_scale
 
 SMALL = dict(width=8, blocks_per_stage=1, num_heads=2)
 
@@ -614,3 +614,39 @@ def test_dc_at_the_sr_output_changes_only_measured_frequencies(scale: int) -> No
     assert soft.uses_kspace and soft.dc_sr_lambda_raw.requires_grad
     with pytest.raises(ValueError, match="data_consistency_sr='hard' needs complex mode"):
         ICONet(scale=scale, in_chans=1, data_consistency_sr="hard")
+
+
+def _small(name: str, in_chans: int):
+    if name == "ICONet":
+        return ICONet(scale=2, in_chans=in_chans, width=8, blocks_per_stage=1)
+    if name == "UnetSR":
+        return UnetSR(scale=2, in_chans=in_chans, chans=4, num_pool_layers=1)
+    return T2NetLike(scale=2, in_chans=in_chans, width=8, num_blocks=1, num_transfers=1)
+
+
+@pytest.mark.parametrize("name", ["ICONet", "UnetSR", "T2NetLike"])
+def test_magnitude_outputs_are_nonnegative_by_construction(name: str) -> None:
+    """Issue 22, item 2: every returned magnitude stage is >= 0, in training too, with a gradient."""
+    torch.manual_seed(0)
+    model = _small(name, 1)
+    with torch.no_grad():  # random weights large enough that the raw network goes negative
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    x = torch.rand(2, 1, 16, 16, requires_grad=True)
+    raw = model.run(x / per_slice_scale(x), None, None)
+    assert any(bool((t < 0).any()) for t in [raw.sr, *raw.sr_stages, *raw.rec_stages]), "the test needs negatives"
+    out = model(x)
+    for t in [out.sr, *out.sr_stages, *out.rec_stages]:
+        assert bool((t >= 0).all())
+    assert out.sr is out.sr_stages[-1]
+    out.sr.sum().backward()
+    assert x.grad is not None and bool(x.grad.abs().sum() > 0)
+
+
+def test_complex_outputs_and_the_bicubic_baseline_are_not_clamped() -> None:
+    torch.manual_seed(0)
+    out = _small("UnetSR", 2)(torch.randn(2, 2, 16, 16))
+    assert bool((out.sr < 0).any())  # real/imag channels: signed by nature
+    x = torch.zeros(1, 1, 8, 8)
+    x[..., 3:5, 3:5] = 1.0
+    assert bool((BicubicSR(2)(x).sr < 0).any())  # bicubic overshoot: the literal baseline
