@@ -14,8 +14,9 @@ validates on full slices. Rules:
   whole slice's (``models/patches.py``);
 * ``volume``: as ``slice``, but the scale is the volume's: the file's ``max`` attribute (fastMRI
   keeps it per volume) times the training set's median (slice scale / volume max);
-* ``slice, relu`` and ``slice, signed``: ``slice`` with the magnitude output made non-negative
-  by ``max(·, 0)`` instead of ``|·|``, or left signed (as before issue 22).
+* ``slice, abs``, ``slice, relu`` and ``slice, signed``: ``slice`` with the magnitude output made
+  non-negative by ``|·|`` or by a plain ``max(·, 0)`` instead of the straight-through clamp, or left
+  signed (as before issue 22).
 
 Prints a markdown table (and writes it to OUT/study.md). On 2 CPU cores the default set takes
 about 25 minutes; ``--steps`` and ``--models`` shorten it.
@@ -38,7 +39,7 @@ from iconet_fastmri.models import ICONet, UnetSR
 from iconet_fastmri.models.common import per_slice_scale
 from iconet_fastmri.pl_modules import IconetDataModule, IconetModule
 
-RULES = ("crop-first", "slice", "volume", "slice, relu", "slice, signed")
+RULES = ("crop-first", "slice", "volume", "slice, abs", "slice, relu", "slice, signed")
 
 
 class CropFirst(IconetModule):
@@ -102,6 +103,8 @@ def run_one(root: Path, model: str, rule: str, patch, batch_size: int, steps: in
         net.nonnegative = False
     if rule == "slice, relu":
         net.magnitude_of = torch.relu
+    if rule == "slice, abs":
+        net.magnitude_of = torch.abs
     module = cls(net, acquisition=dm.acquisition, lr=1e-3, scheduler="none")
     if rule == "volume":
         module.ratio = ratio

@@ -15,12 +15,13 @@ in one place for all of them:
   from one (:mod:`~iconet_fastmri.models.patches`), so that a patch of
   background is not blown up to the amplitude of anatomy;
 * magnitude outputs (1 channel) that are non-negative by construction: every
-  returned stage is ``|·|`` of the network's estimate, in training as in
+  returned stage is ``max(·, 0)`` of the network's estimate, in training as in
   inference, since every target and metric is a non-negative magnitude
   (complex outputs are left alone: their magnitude is non-negative anyway).
-  ``|·|`` rather than ``max(·, 0)``: a clamp passes no gradient below 0, so
-  background pixels that start negative stay at exactly 0 under a noisy
-  target, which cost ICONet 0.07 SSIM in ``scripts/normalisation_study.py``
+  The backward pass is the identity's (:func:`clamp_straight_through`): a plain
+  clamp passes no gradient below 0, so background pixels that start negative
+  stay at exactly 0 under a noisy target (ICONet lost 0.07 SSIM so in
+  ``scripts/normalisation_study.py``), and ``|·|`` cost 0.26 dB on the demo
   (docs/REAL_DATA.md, "Normalisation");
 * its constructor arguments (:attr:`SRModel.init_args`), which the Lightning
   module stores in checkpoints as ``{"class_path", "init_args"}`` so that a
@@ -49,6 +50,7 @@ __all__ = [
     "SRModel",
     "per_slice_scale",
     "check_norm_scale",
+    "clamp_straight_through",
     "channels_to_complex",
     "complex_to_channels",
     "upsample_bicubic",
@@ -93,6 +95,11 @@ def per_slice_scale(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     x = x.detach().to(torch.promote_types(x.dtype, torch.float32))
     mag = x.pow(2).sum(dim=1, keepdim=True).sqrt()
     return mag.mean(dim=(1, 2, 3), keepdim=True) + eps
+
+
+def clamp_straight_through(x: torch.Tensor) -> torch.Tensor:
+    """``max(x, 0)`` in the forward pass (exactly), the identity's gradient in the backward pass."""
+    return x + (x.clamp_min(0) - x).detach()
 
 
 def check_norm_scale(norm_scale: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -289,8 +296,8 @@ class SRModel(nn.Module):
         rec_stages = [(r * scale).to(x.dtype) for r in out.rec_stages]
         return self._nonnegative(SROutput(sr=sr, sr_stages=sr_stages, rec_stages=rec_stages, norm_scale=scale))
 
-    #: How :meth:`_nonnegative` makes a magnitude non-negative (``torch.abs``; see the module docstring).
-    magnitude_of = staticmethod(torch.abs)
+    #: How :meth:`_nonnegative` makes a magnitude non-negative (see the module docstring).
+    magnitude_of = staticmethod(clamp_straight_through)
 
     def _nonnegative(self, out: SROutput) -> SROutput:
         """Magnitude outputs through :attr:`magnitude_of`; complex ones as they are."""

@@ -650,3 +650,14 @@ def test_complex_outputs_and_the_bicubic_baseline_are_not_clamped() -> None:
     x = torch.zeros(1, 1, 8, 8)
     x[..., 3:5, 3:5] = 1.0
     assert bool((BicubicSR(2)(x).sr < 0).any())  # bicubic overshoot: the literal baseline
+
+
+def test_the_clamp_is_exact_forward_and_straight_through_backward() -> None:
+    """max(x, 0) exactly in the forward pass; the identity's gradient, so a negative pixel is still pulled up."""
+    from iconet_fastmri.models.common import clamp_straight_through
+
+    x = torch.tensor([-3.0, -1e-30, 0.0, 2.5], requires_grad=True)
+    y = clamp_straight_through(x)
+    assert torch.equal(y, torch.tensor([0.0, 0.0, 0.0, 2.5]))
+    (y * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+    assert torch.equal(x.grad, torch.tensor([1.0, 2.0, 3.0, 4.0]))
