@@ -1,0 +1,107 @@
+"""Low-resolution acquisition files (issue 23, first part): made from fastMRI files, read back, checked.
+
+Exactness: where the file's matrix is the model's LR grid (no oversampling), a file made from an HR
+file gives, slice by slice, exactly the measured k-space and the LR input of the retrospective
+pipeline on the HR file with the same mask (float32 rounding).
+"""
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from fastmri.data import SliceDataset
+
+from iconet_fastmri.data.lr_files import lr_header, model_grid_kspace, read_lr_file, write_lr_file
+from iconet_fastmri.data.transforms import IconetDataTransform
+from iconet_fastmri.demo.acquisition import fft2c_np, ismrmrd_header
+from iconet_fastmri.physics.acquisition import Acquisition
+from iconet_fastmri.physics.fft import ifft2c
+from iconet_fastmri.physics.masks import create_mask
+from iconet_fastmri.physics.operators import rss
+
+H, W = 32, 32
+
+
+def _hr_file(path, coils, slices=3, seed=0):
+    """A fastMRI-format file without oversampling: k-space (S, [C,] H, W), header matrices H x W."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[-1:1:H * 1j, -1:1:W * 1j]
+    blob = (xx**2 / 0.5 + yy**2 / 0.3 < 1).astype(np.float32)
+    images = np.stack([blob * (1 + 0.3 * rng.standard_normal((H, W))) for _ in range(slices)]).astype(np.complex64)
+    if coils:
+        images = images[:, None] * np.exp(1j * rng.uniform(0, 6, (1, coils, 1, 1))).astype(np.complex64)
+    kspace = fft2c_np(images).astype(np.complex64) * 1e-4
+    with h5py.File(path, "w") as f:
+        f.create_dataset("kspace", data=kspace)
+        f.create_dataset("ismrmrd_header", data=np.bytes_(ismrmrd_header((H, W), (H, W), slices, max(coils, 1))))
+        f.attrs["acquisition"] = "CORPD_FBK"
+    return path
+
+
+@pytest.mark.parametrize("coils", [0, 4])
+def test_a_file_made_from_an_hr_file_gives_the_retrospective_input_exactly(tmp_path, coils):
+    mask_func = create_mask("random", center_fractions=[0.08], accelerations=[4])
+    data = tmp_path / "hr"
+    data.mkdir()
+    src = _hr_file(data / "file_a.h5", coils)
+    dst = write_lr_file(src, tmp_path / "file_a.h5", 2, mask_func)
+    scan = read_lr_file(dst)
+    assert scan.encoded == (H // 2, W // 2) and scan.recon == (H // 2, W // 2)
+    challenge = "multicoil" if coils else "singlecoil"
+    transform = IconetDataTransform(Acquisition(2, mask_func), hr_crop=(H, W), use_seed=True)
+    dataset = SliceDataset(data, challenge, transform=transform, use_dataset_cache=False)
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        deg = Acquisition(2).simulate(sample.hr_images[None], sample.mask[None])
+        kspace, mask = model_grid_kspace(scan, sample.slice_num, 2, (H // 2, W // 2))
+        assert torch.equal(mask, sample.mask)
+        scale = float(deg.lr_observed.abs().max())
+        torch.testing.assert_close(kspace, deg.lr_observed[0], rtol=0, atol=2e-6 * scale)
+        lr_input = rss(ifft2c(kspace)[None])
+        torch.testing.assert_close(lr_input, deg.lr_input, rtol=0, atol=2e-6 * float(deg.lr_input.max()))
+
+
+def test_the_header_is_rewritten_to_the_coarser_matrix():
+    head = lr_header(ismrmrd_header((640, 368), (320, 320), 4, 15), 2)
+    from iconet_fastmri.data.lr_files import ISMRMRD, _matrix
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(head)
+    assert _matrix(root, "encodedSpace") == (320, 184) and _matrix(root, "reconSpace") == (160, 160)
+    fov = root.find(f"{{{ISMRMRD}}}encoding/{{{ISMRMRD}}}reconSpace/{{{ISMRMRD}}}fieldOfView_mm/{{{ISMRMRD}}}x")
+    assert float(fov.text) == 140.0  # the field of view is kept
+    with pytest.raises(ValueError, match="not divisible by the scale 4"):
+        lr_header(ismrmrd_header((642, 368), (320, 320), 4, 15), 4, "f.h5")
+
+
+def test_bad_files_are_refused_naming_the_problem(tmp_path):
+    mask_func = create_mask("random", center_fractions=[0.08], accelerations=[4])
+    src = _hr_file(tmp_path / "src.h5", 0)
+    good = write_lr_file(src, tmp_path / "good.h5", 2, mask_func)
+    with h5py.File(good, "r") as f:
+        kspace, mask, header = f["kspace"][()], f["mask"][()], f["ismrmrd_header"][()]
+
+    def variant(name, **change):
+        path = tmp_path / name
+        with h5py.File(path, "w") as f:
+            f.create_dataset("kspace", data=change.get("kspace", kspace))
+            if change.get("mask", mask) is not None:
+                f.create_dataset("mask", data=change.get("mask", mask))
+            f.create_dataset("ismrmrd_header", data=change.get("header", header))
+        return path
+
+    with pytest.raises(ValueError, match=r"wrong_header\.h5: the header's encoded matrix 32x32 disagrees.*16x16"):
+        read_lr_file(variant("wrong_header.h5", header=np.bytes_(ismrmrd_header((H, W), (H, W), 3))))
+    with pytest.raises(ValueError, match=r"bad_mask\.h5: 'mask' has shape \(3, 7\)"):
+        read_lr_file(variant("bad_mask.h5", mask=np.ones((3, 7), np.float32)))
+    leaked = kspace.copy()
+    leaked[..., np.argmin(mask[0])] = 1.0
+    with pytest.raises(ValueError, match="non-zero where 'mask' says nothing was acquired"):
+        read_lr_file(variant("leak.h5", kspace=leaked))
+    nan = kspace.copy()
+    nan[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        read_lr_file(variant("nan.h5", kspace=nan))
+    # Without a mask dataset, the acquired columns are the non-zero ones (fastMRI's test files).
+    scan = read_lr_file(variant("nomask.h5", mask=None))
+    np.testing.assert_array_equal(scan.mask[:, 0, :], mask)
