@@ -27,6 +27,7 @@ from pathlib import Path
 
 
 from iconet_fastmri.checkpoints import load_checkpoint
+from iconet_fastmri.acquired import reconstruct_acquired
 from iconet_fastmri.inference import BASELINES, run_inference
 from iconet_fastmri.io import check_outputs_apart, run_script
 from iconet_fastmri.physics.masks import MaskConfig, available_masks
@@ -59,6 +60,9 @@ def parse_args(argv=None):
     p.add_argument("--test_fraction", type=float, default=None, help="default: the checkpoint's")
     p.add_argument("--mask_seed_rule", choices=["slice", "volume"], default=None,
                    help="validation masks per slice (ours) or per volume (fastMRI's); default: the checkpoint's")
+    p.add_argument("--acquired", action="store_true",
+                   help="--data_path holds real low-resolution acquisitions (scripts/make_lr_acquisition.py); "
+                        "no targets: writes the reconstructions and acquired.csv with the DC residual")
     p.add_argument("--debug", action="store_true",
                    help="show the Python traceback of an error (or set ICONET_DEBUG=1)")
     return p.parse_args(argv)
@@ -67,6 +71,15 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     check_outputs_apart({"--out": args.out}, {"--data_path": args.data_path})  # before any work
+    if args.acquired:
+        if args.checkpoint is None:
+            raise ValueError("--acquired reconstructs with a trained model: give --checkpoint")
+        written, rows = reconstruct_acquired(args.checkpoint, args.data_path, args.out, batch_size=args.batch_size,
+                                             device=args.device, overwrite=args.overwrite)
+        for row in rows:
+            print(", ".join(f"{k} {v}" for k, v in row.items()))
+        print(f"wrote {len(written)} volume(s) and acquired.csv to {args.out}")
+        return
     mask = None
     overrides = {
         "name": args.mask_name,

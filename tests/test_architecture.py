@@ -41,6 +41,7 @@ LAYERS = {
     "cli": 6,
     "checkpoint_settings": 6,
     "inference": 6,
+    "acquired": 6,
     "sweeps": 6,
     "benchmarks": 7,
 }

@@ -13,29 +13,15 @@ from fastmri.data import SliceDataset
 
 from iconet_fastmri.data.lr_files import lr_header, model_grid_kspace, read_lr_file, write_lr_file
 from iconet_fastmri.data.transforms import IconetDataTransform
-from iconet_fastmri.demo.acquisition import fft2c_np, ismrmrd_header
+from iconet_fastmri.demo.acquisition import ismrmrd_header
 from iconet_fastmri.physics.acquisition import Acquisition
 from iconet_fastmri.physics.fft import ifft2c
 from iconet_fastmri.physics.masks import create_mask
 from iconet_fastmri.physics.operators import rss
 
+from helpers.hr_files import write_hr_file
+
 H, W = 32, 32
-
-
-def _hr_file(path, coils, slices=3, seed=0):
-    """A fastMRI-format file without oversampling: k-space (S, [C,] H, W), header matrices H x W."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[-1:1:H * 1j, -1:1:W * 1j]
-    blob = (xx**2 / 0.5 + yy**2 / 0.3 < 1).astype(np.float32)
-    images = np.stack([blob * (1 + 0.3 * rng.standard_normal((H, W))) for _ in range(slices)]).astype(np.complex64)
-    if coils:
-        images = images[:, None] * np.exp(1j * rng.uniform(0, 6, (1, coils, 1, 1))).astype(np.complex64)
-    kspace = fft2c_np(images).astype(np.complex64) * 1e-4
-    with h5py.File(path, "w") as f:
-        f.create_dataset("kspace", data=kspace)
-        f.create_dataset("ismrmrd_header", data=np.bytes_(ismrmrd_header((H, W), (H, W), slices, max(coils, 1))))
-        f.attrs["acquisition"] = "CORPD_FBK"
-    return path
 
 
 @pytest.mark.parametrize("coils", [0, 4])
@@ -43,7 +29,7 @@ def test_a_file_made_from_an_hr_file_gives_the_retrospective_input_exactly(tmp_p
     mask_func = create_mask("random", center_fractions=[0.08], accelerations=[4])
     data = tmp_path / "hr"
     data.mkdir()
-    src = _hr_file(data / "file_a.h5", coils)
+    src = write_hr_file(data / "file_a.h5", coils)
     dst = write_lr_file(src, tmp_path / "file_a.h5", 2, mask_func)
     scan = read_lr_file(dst)
     assert scan.encoded == (H // 2, W // 2) and scan.recon == (H // 2, W // 2)
@@ -76,7 +62,7 @@ def test_the_header_is_rewritten_to_the_coarser_matrix():
 
 def test_bad_files_are_refused_naming_the_problem(tmp_path):
     mask_func = create_mask("random", center_fractions=[0.08], accelerations=[4])
-    src = _hr_file(tmp_path / "src.h5", 0)
+    src = write_hr_file(tmp_path / "src.h5", 0)
     good = write_lr_file(src, tmp_path / "good.h5", 2, mask_func)
     with h5py.File(good, "r") as f:
         kspace, mask, header = f["kspace"][()], f["mask"][()], f["ismrmrd_header"][()]

@@ -48,3 +48,18 @@ def test_complex_multicoil_sense_combines_with_the_estimator_it_is_given():
     other = network_input(deg, in_chans=2, estimate_maps=uniform)
     assert calls == [deg.lr_observed.shape] and torch.equal(other.maps, torch.full_like(deg.lr_observed, 0.5))
     assert other.dc == {}
+
+
+def test_a_real_acquisition_gets_the_input_a_simulated_one_gets():
+    """measured_input (real LR files, issue 23) equals network_input on the same measured samples."""
+    from iconet_fastmri.models.network_input import measured_input
+
+    for coils in (1, 4):
+        deg = _deg(coils, seed=coils)
+        for in_chans, uses_dc in ((1, False), (2, True)):
+            sim = network_input(deg, in_chans, uses_dc)
+            real = measured_input(deg.lr_observed, deg.mask, in_chans, uses_dc)
+            torch.testing.assert_close(real.image, sim.image, rtol=1e-5, atol=1e-6)
+            assert (real.maps is None) == (sim.maps is None) and set(real.dc) == set(sim.dc)
+            if sim.maps is not None:
+                torch.testing.assert_close(real.maps, sim.maps)

@@ -1,0 +1,123 @@
+"""Reconstructing real low-resolution acquisitions (issue 23): exactness, the DC residual, refusals."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from iconet_fastmri.acquired import AccelerationWarning, dc_residual, reconstruct_acquired
+from iconet_fastmri.data.lr_files import write_lr_file
+from iconet_fastmri.inference import run_inference
+from iconet_fastmri.models import ICONet
+from iconet_fastmri.physics.acquisition import Acquisition
+from iconet_fastmri.physics.masks import create_mask
+from iconet_fastmri.pl_modules import IconetModule
+
+from helpers.hr_files import write_hr_file
+from helpers.runs import write_checkpoint
+
+RANDOM_R4 = {"name": "random", "center_fractions": [0.08], "accelerations": [4.0]}
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "run_inference.py"
+
+
+def _checkpoint(path, mode, challenge="singlecoil"):
+    torch.manual_seed(0)
+    in_chans = 1 if mode == "magnitude" else 2
+    dc = "hard" if mode == "complex" else "none"
+    net = ICONet(scale=2, in_chans=in_chans, width=8, blocks_per_stage=1, data_consistency=dc)
+    module = IconetModule(net, acquisition=Acquisition(2, RANDOM_R4), mode=mode)
+    write_checkpoint(path, module)
+    if challenge != "singlecoil":
+        ckpt = torch.load(path, weights_only=False)
+        ckpt["IconetDataModule"]["challenge"] = challenge
+        torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize("mode,coils", [("magnitude", 0), ("complex", 0), ("complex", 3)])
+def test_an_acquired_file_made_from_an_hr_file_reconstructs_like_the_retrospective_pipeline(tmp_path, mode, coils):
+    """No oversampling: the file is exactly the retrospective measurement, so the outputs agree to float32 rounding."""
+    challenge = "multicoil" if coils else "singlecoil"
+    ckpt = _checkpoint(tmp_path / "m.ckpt", mode, challenge)
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    write_hr_file(hr / "file_a.h5", coils)
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    write_lr_file(hr / "file_a.h5", lr / "file_a.h5", 2, create_mask(**RANDOM_R4))
+    run_inference(hr, tmp_path / "retro", checkpoint=ckpt, challenge=challenge, hr_crop=(32, 32), progress=False)
+    written, rows = reconstruct_acquired(ckpt, lr, tmp_path / "acq")
+    with h5py.File(tmp_path / "retro" / "file_a.h5") as f, h5py.File(written[0]) as g:
+        retro, acquired = f["reconstruction"][()], g["reconstruction"][()]
+        assert g.attrs["source"] == "acquired" and g.attrs["effective_acceleration"] == pytest.approx(
+            4 * g.attrs["effective_acceleration_lr"])
+    assert retro.shape == acquired.shape == (3, 32, 32)
+    np.testing.assert_allclose(acquired, retro, rtol=0, atol=1e-5 * float(retro.max()))
+    table = list(csv.DictReader(open(tmp_path / "acq" / "acquired.csv")))
+    assert table[0]["file"] == "file_a.h5" and table[0]["output_grid"] == "32x32"
+    residual = float(table[0]["dc_residual"])
+    if mode == "magnitude":
+        assert np.isnan(residual)  # a magnitude has no phase to compare with the samples
+    else:
+        assert np.isfinite(residual) and 0 <= residual < 0.5  # hard DC of the prior; the SR output is not projected
+
+
+def test_the_residual_is_zero_for_the_truth_and_not_for_a_wrong_image():
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 32, 32, dtype=torch.complex64)
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[..., ::3] = 1
+    for maps_lr in (None, torch.randn(2, 3, 16, 16, dtype=torch.complex64)):
+        if maps_lr is None:
+            op_measured = Acquisition(2).operator(mask, None, image_shape=(32, 32))(x)
+        else:
+            from iconet_fastmri.physics.operators import rss, sinc_upsample
+            from iconet_fastmri.physics.sense import SenseOperator
+
+            up = sinc_upsample(maps_lr, (32, 32))
+            op_measured = SenseOperator(up / rss(up).clamp_min(1e-12), mask, lr_shape=(16, 16))(x)
+        sr = torch.cat([x.real, x.imag], dim=1)
+        assert float(dc_residual(sr, op_measured, mask, maps_lr).max()) < 1e-5
+        assert float(dc_residual(0.5 * sr, op_measured, mask, maps_lr).min()) == pytest.approx(0.5, abs=1e-4)
+
+
+def test_refusals_and_the_acceleration_warning(tmp_path):
+    ckpt = _checkpoint(tmp_path / "m.ckpt", "magnitude")
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    write_hr_file(hr / "file_a.h5", 0)
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    write_lr_file(hr / "file_a.h5", lr / "file_a.h5", 2, create_mask("random", center_fractions=[0.3], accelerations=[1.2]))
+    with pytest.warns(AccelerationWarning, match=r"file_a\.h5: acquired at R = 1\.\d+ .* trained at R = 4"):
+        reconstruct_acquired(ckpt, lr, tmp_path / "out")
+    with h5py.File(lr / "file_a.h5", "a") as f:
+        f.attrs["lr_scale"] = 4
+    with pytest.raises(ValueError, match=r"file_a\.h5: written for x4 .* upsamples x2"):
+        reconstruct_acquired(ckpt, lr, tmp_path / "out2")
+    assert not (tmp_path / "out2" / "file_a.h5").exists()
+    poisson = tmp_path / "lr_poisson"
+    poisson.mkdir()
+    write_lr_file(hr / "file_a.h5", poisson / "file_a.h5", 2, create_mask("poisson", center_fractions=[0.08], accelerations=[4]))
+    with pytest.raises(ValueError, match="undersamples both axes, but the model was trained on masks that undersample columns only"):
+        reconstruct_acquired(ckpt, poisson, tmp_path / "out3")
+
+
+def test_run_inference_acquired_from_the_command_line(tmp_path):
+    ckpt = _checkpoint(tmp_path / "m.ckpt", "complex")
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    write_hr_file(hr / "file_a.h5", 0)
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    write_lr_file(hr / "file_a.h5", lr / "file_a.h5", 2, create_mask(**RANDOM_R4))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--checkpoint", str(ckpt), "--data_path", str(lr),
+                           "--out", str(tmp_path / "out"), "--acquired"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "dc_residual" in proc.stdout and (tmp_path / "out" / "file_a.h5").exists()
