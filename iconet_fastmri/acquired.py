@@ -121,8 +121,11 @@ def reconstruct_acquired(
     if trained_func is not None:
         probe, _ = trained_func((32, 32), seed=0)
         trained_2d = _undersampled_rows(np.asarray(torch.as_tensor(probe, dtype=torch.float32).reshape(1, 32, 32)))
+    needs_mask = module.in_chans == 2 or module.uses_dc
     scans = [read_lr_file(f) for f in files]  # every file checked before any work
     rates = [_check_scan(scan, scale, trained_r, trained_2d) for scan in scans]
+    for scan in scans:  # the grid and mask the model needs exist (refusals name the file), still before any work
+        model_grid_kspace(scan, 0, scale, scan.recon, with_mask=needs_mask)
     device_t = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     module = module.to(device_t).eval()
     estimator = module.acquisition.estimate_maps if module.map_net is None else module.map_net
@@ -131,10 +134,11 @@ def reconstruct_acquired(
         for scan, rate in zip(scans, rates):
             images, residuals = [], []
             for start in range(0, scan.kspace.shape[0], batch_size):
-                parts = [model_grid_kspace(scan, i, scale, scan.recon)
+                parts = [model_grid_kspace(scan, i, scale, scan.recon, with_mask=needs_mask)
                          for i in range(start, min(start + batch_size, scan.kspace.shape[0]))]
                 kspace = torch.stack([k for k, _ in parts]).to(device_t)
-                mask = torch.stack([m for _, m in parts]).to(device_t)
+                # A magnitude model without DC needs no mask (phase-encode oversampled files have none on its grid).
+                mask = torch.stack([m for _, m in parts]).to(device_t) if needs_mask else torch.ones_like(kspace[:, :1].real)
                 inputs = measured_input(kspace, mask, module.in_chans, module.uses_dc, estimator)
                 out = module(inputs)
                 sr = module.magnitude(out.sr)[:, 0].cpu().numpy()

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from iconet_fastmri.checkpoints import load_checkpoint
 from iconet_fastmri.acquired import reconstruct_acquired
+from iconet_fastmri.data.lr_files import is_lr_acquisition_folder
 from iconet_fastmri.inference import BASELINES, run_inference
 from iconet_fastmri.io import check_outputs_apart, run_script
 from iconet_fastmri.physics.masks import MaskConfig, available_masks
@@ -71,6 +72,10 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     check_outputs_apart({"--out": args.out}, {"--data_path": args.data_path})  # before any work
+    if not args.acquired and is_lr_acquisition_folder(args.data_path):
+        print(f"{args.data_path} holds low-resolution acquisition files (attribute lr_scale): reconstructing them "
+              f"as acquired (--acquired)")
+        args.acquired = True
     if args.acquired:
         if args.checkpoint is None:
             raise ValueError("--acquired reconstructs with a trained model: give --checkpoint")

@@ -44,7 +44,7 @@ from ..physics.masks import eval_mask_seed
 from ..physics.operators import check_scale
 from .transforms import center_crop_2d
 
-__all__ = ["LrScan", "lr_header", "make_lr_volume", "write_lr_file", "read_lr_file", "model_grid_kspace",
+__all__ = ["is_lr_acquisition_folder", "LrScan", "lr_header", "make_lr_volume", "write_lr_file", "read_lr_file", "model_grid_kspace",
            "central_block"]
 
 ISMRMRD = "http://www.ismrm.org/ISMRMRD"
@@ -159,6 +159,21 @@ def write_lr_file(src: Union[str, Path], dst: Union[str, Path], scale: int, mask
     return dst
 
 
+def is_lr_acquisition_folder(folder: Union[str, Path]) -> bool:
+    """Whether every ``*.h5`` of ``folder`` was written by :func:`write_lr_file` (attribute ``lr_scale``)."""
+    files = sorted(Path(folder).glob("*.h5"))
+    if not files:
+        return False
+    for path in files:
+        try:
+            with h5py.File(path, "r") as f:
+                if "lr_scale" not in f.attrs:
+                    return False
+        except OSError:
+            return False
+    return True
+
+
 @dataclass
 class LrScan:
     """One low-resolution acquisition read from a file.
@@ -230,14 +245,17 @@ def read_lr_file(path: Union[str, Path]) -> LrScan:
     return LrScan(kspace.astype(np.complex64, copy=False), mask, encoded, recon, path.name, attrs)
 
 
-def model_grid_kspace(scan: LrScan, slice_num: int, scale: int, lr_grid: Tuple[int, int]
-                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+def model_grid_kspace(scan: LrScan, slice_num: int, scale: int, lr_grid: Tuple[int, int], with_mask: bool = True
+                      ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """One slice on the model's LR grid, in training's intensity convention: ``(kspace (C, h, w), mask (1, h, w))``.
 
-    ``kspace / s`` exactly when the file's matrix is ``lr_grid``; otherwise the
-    image ``ifft2c(kspace) / s`` is centre-cropped to ``lr_grid`` (fastMRI's
-    crop convention) and transformed back, which needs a mask constant along
-    the readout and no phase-encode oversampling (``w_k == w``).
+    ``kspace / s`` exactly when the file's matrix is ``lr_grid``. Otherwise the
+    image ``ifft2c(kspace) / s`` is centre-cropped to ``lr_grid`` (fastMRI's crop
+    convention) and transformed back. A readout-oversampled file keeps its mask
+    when the mask is constant along the readout. Phase-encode oversampling
+    (``w_k > w``) changes the field of view along the undersampled axis, so no
+    mask exists on the model's grid: allowed only with ``with_mask=False``
+    (magnitude models without data consistency), which returns ``None`` for it.
     """
     s = check_scale(scale)
     h, w = int(lr_grid[0]), int(lr_grid[1])
@@ -246,10 +264,15 @@ def model_grid_kspace(scan: LrScan, slice_num: int, scale: int, lr_grid: Tuple[i
     hk, wk = k.shape[-2:]
     if (hk, wk) == (h, w):
         return k, m[None]
-    if hk < h or wk != w:
-        raise ValueError(f"{scan.fname}: its {hk}x{wk} matrix cannot give the model's LR grid {h}x{w} "
-                         f"(the readout may be oversampled; the phase encode must match)")
+    if hk < h or wk < w:
+        raise ValueError(f"{scan.fname}: its {hk}x{wk} matrix is smaller than the model's LR grid {h}x{w}")
+    image = center_crop_2d(ifft2c(k), (h, w))
+    if not with_mask:
+        return fft2c(image), None
+    if wk != w:
+        raise ValueError(f"{scan.fname}: its phase encode is oversampled ({wk} columns for a {w}-column grid), so "
+                         f"its sampling mask has no equivalent on the model's grid; a model with data consistency "
+                         f"or complex input cannot use it (a magnitude model can)")
     if not torch.equal(m, m[:1].expand_as(m)):
         raise ValueError(f"{scan.fname}: a mask that varies along the oversampled readout cannot be cropped")
-    image = center_crop_2d(ifft2c(k), (h, w))
     return fft2c(image) * m[:1], m[:1].expand(h, w)[None].contiguous()

@@ -116,8 +116,26 @@ def test_run_inference_acquired_from_the_command_line(tmp_path):
     lr = tmp_path / "lr"
     lr.mkdir()
     write_lr_file(hr / "file_a.h5", lr / "file_a.h5", 2, create_mask(**RANDOM_R4))
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--checkpoint", str(ckpt), "--data_path", str(lr),
-                           "--out", str(tmp_path / "out"), "--acquired"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert "dc_residual" in proc.stdout and (tmp_path / "out" / "file_a.h5").exists()
+    for flag in (["--acquired"], []):  # files written by make_lr_acquisition.py are recognised without the flag
+        out = tmp_path / f"out{len(flag)}"
+        proc = subprocess.run([sys.executable, str(SCRIPT), "--checkpoint", str(ckpt), "--data_path", str(lr),
+                               "--out", str(out), *flag], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert "dc_residual" in proc.stdout and (out / "file_a.h5").exists() and (out / "acquired.csv").exists()
+
+
+def test_oversampled_demo_files_work_for_magnitude_models_and_are_refused_for_dc(tmp_path):
+    """fastMRI-shaped files oversample the readout (2x) and the phase encode (144 columns for 128): the demo's."""
+    from iconet_fastmri.demo import write_fastmri_dataset
+
+    src = tmp_path / "singlecoil_val"
+    write_fastmri_dataset(src, "singlecoil", num_volumes=1, slices=2, recon_size=(32, 32), seed=5)
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    for f in src.glob("*.h5"):
+        write_lr_file(f, lr / f.name, 2, create_mask(**RANDOM_R4))
+    written, rows = reconstruct_acquired(_checkpoint(tmp_path / "m.ckpt", "magnitude"), lr, tmp_path / "mag")
+    with h5py.File(written[0]) as f:
+        assert f["reconstruction"].shape == (2, 32, 32) and np.isfinite(f["reconstruction"][()]).all()
+    with pytest.raises(ValueError, match=r"phase encode is oversampled \(18 columns for a 16-column grid\)"):
+        reconstruct_acquired(_checkpoint(tmp_path / "c.ckpt", "complex"), lr, tmp_path / "cplx")
