@@ -39,17 +39,22 @@ def _checkpoint(path, mode, challenge="singlecoil"):
     return path
 
 
+def _folders(tmp_path, mask_func, coils=0):
+    """An HR folder with one file without oversampling, and its low-resolution acquisition."""
+    hr, lr = tmp_path / "hr", tmp_path / "lr"
+    hr.mkdir()
+    lr.mkdir()
+    write_hr_file(hr / "file_a.h5", coils)
+    write_lr_file(hr / "file_a.h5", lr / "file_a.h5", 2, mask_func)
+    return hr, lr
+
+
 @pytest.mark.parametrize("mode,coils", [("magnitude", 0), ("complex", 0), ("complex", 3)])
 def test_an_acquired_file_made_from_an_hr_file_reconstructs_like_the_retrospective_pipeline(tmp_path, mode, coils):
     """No oversampling: the file is exactly the retrospective measurement, so the outputs agree to float32 rounding."""
     challenge = "multicoil" if coils else "singlecoil"
     ckpt = _checkpoint(tmp_path / "m.ckpt", mode, challenge)
-    hr = tmp_path / "hr"
-    hr.mkdir()
-    write_hr_file(hr / "file_a.h5", coils)
-    lr = tmp_path / "lr"
-    lr.mkdir()
-    write_lr_file(hr / "file_a.h5", lr / "file_a.h5", 2, create_mask(**RANDOM_R4))
+    hr, lr = _folders(tmp_path, create_mask(**RANDOM_R4), coils)
     run_inference(hr, tmp_path / "retro", checkpoint=ckpt, challenge=challenge, hr_crop=(32, 32), progress=False)
     written, rows = reconstruct_acquired(ckpt, lr, tmp_path / "acq")
     with h5py.File(tmp_path / "retro" / "file_a.h5") as f, h5py.File(written[0]) as g:
@@ -88,12 +93,7 @@ def test_the_residual_is_zero_for_the_truth_and_not_for_a_wrong_image():
 
 def test_refusals_and_the_acceleration_warning(tmp_path):
     ckpt = _checkpoint(tmp_path / "m.ckpt", "magnitude")
-    hr = tmp_path / "hr"
-    hr.mkdir()
-    write_hr_file(hr / "file_a.h5", 0)
-    lr = tmp_path / "lr"
-    lr.mkdir()
-    write_lr_file(hr / "file_a.h5", lr / "file_a.h5", 2, create_mask("random", center_fractions=[0.3], accelerations=[1.2]))
+    hr, lr = _folders(tmp_path, create_mask("random", center_fractions=[0.3], accelerations=[1.2]))
     with pytest.warns(AccelerationWarning, match=r"file_a\.h5: acquired at R = 1\.\d+ .* trained at R = 4"):
         reconstruct_acquired(ckpt, lr, tmp_path / "out")
     with h5py.File(lr / "file_a.h5", "a") as f:
@@ -110,12 +110,7 @@ def test_refusals_and_the_acceleration_warning(tmp_path):
 
 def test_run_inference_acquired_from_the_command_line(tmp_path):
     ckpt = _checkpoint(tmp_path / "m.ckpt", "complex")
-    hr = tmp_path / "hr"
-    hr.mkdir()
-    write_hr_file(hr / "file_a.h5", 0)
-    lr = tmp_path / "lr"
-    lr.mkdir()
-    write_lr_file(hr / "file_a.h5", lr / "file_a.h5", 2, create_mask(**RANDOM_R4))
+    _, lr = _folders(tmp_path, create_mask(**RANDOM_R4))
     for flag in (["--acquired"], []):  # files written by make_lr_acquisition.py are recognised without the flag
         out = tmp_path / f"out{len(flag)}"
         proc = subprocess.run([sys.executable, str(SCRIPT), "--checkpoint", str(ckpt), "--data_path", str(lr),
