@@ -108,6 +108,7 @@ def test_refusals_and_the_acceleration_warning(tmp_path):
         reconstruct_acquired(ckpt, poisson, tmp_path / "out3")
 
 
+@pytest.mark.slow
 def test_run_inference_acquired_from_the_command_line(tmp_path):
     ckpt = _checkpoint(tmp_path / "m.ckpt", "complex")
     _, lr = _folders(tmp_path, create_mask(**RANDOM_R4))

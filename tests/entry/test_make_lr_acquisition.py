@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from iconet_fastmri.data.lr_files import read_lr_file
 from iconet_fastmri.demo import write_fastmri_dataset
@@ -17,6 +18,7 @@ def _run(cwd, *args):
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_make_lr_files_from_fastmri_files_and_refuse_to_write_near_the_source(tmp_path):
     src = tmp_path / "multicoil_val"
     write_fastmri_dataset(src, "multicoil", num_volumes=2, slices=2, recon_size=(32, 32), num_coils=3, seed=1)
