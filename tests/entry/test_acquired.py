@@ -135,3 +135,20 @@ def test_oversampled_demo_files_work_for_magnitude_models_and_are_refused_for_dc
         assert f["reconstruction"].shape == (2, 32, 32) and np.isfinite(f["reconstruction"][()]).all()
     with pytest.raises(ValueError, match=r"phase encode is oversampled \(18 columns for a 16-column grid\)"):
         reconstruct_acquired(_checkpoint(tmp_path / "c.ckpt", "complex"), lr, tmp_path / "cplx")
+
+
+def test_multicoil_files_with_different_coil_counts(tmp_path):
+    """fastMRI brain volumes come with 4 to 20+ coils: each volume keeps its own count (no padding needed)."""
+    ckpt = _checkpoint(tmp_path / "m.ckpt", "complex", "multicoil")
+    hr, lr = tmp_path / "hr", tmp_path / "lr"
+    hr.mkdir()
+    lr.mkdir()
+    for name, coils in (("file_a.h5", 3), ("file_b.h5", 5)):
+        write_hr_file(hr / name, coils, slices=2, seed=coils)
+        write_lr_file(hr / name, lr / name, 2, create_mask(**RANDOM_R4))
+    written, rows = reconstruct_acquired(ckpt, lr, tmp_path / "out")
+    assert [r["file"] for r in rows] == ["file_a.h5", "file_b.h5"]
+    for path, row in zip(written, rows):
+        with h5py.File(path) as f:
+            assert f["reconstruction"].shape == (2, 32, 32)
+        assert np.isfinite(row["dc_residual"]) and row["dc_residual"] < 0.5
