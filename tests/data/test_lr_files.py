@@ -80,6 +80,8 @@ def test_bad_files_are_refused_naming_the_problem(tmp_path):
         read_lr_file(variant("wrong_header.h5", header=np.bytes_(ismrmrd_header((H, W), (H, W), 3))))
     with pytest.raises(ValueError, match=r"bad_mask\.h5: 'mask' has shape \(3, 7\)"):
         read_lr_file(variant("bad_mask.h5", mask=np.ones((3, 7), np.float32)))
+    with pytest.raises(ValueError, match=r"half_mask\.h5: 'mask' must hold only 0 and 1"):
+        read_lr_file(variant("half_mask.h5", mask=np.full_like(mask, 0.5)))
     leaked = kspace.copy()
     leaked[..., np.argmin(mask[0])] = 1.0
     with pytest.raises(ValueError, match="non-zero where 'mask' says nothing was acquired"):
