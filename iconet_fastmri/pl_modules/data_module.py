@@ -253,27 +253,48 @@ class IconetDataModule(pl.LightningDataModule):
         return found[0]
 
     def prepare_data(self) -> None:
-        """With ``demo``: write (or reuse) the demo splits in ``data_path``, before anything else runs.
+        """Before :meth:`setup`, once per node: the demo data (with ``demo``) and the value scan under DDP.
+
+        With ``demo``: write (or reuse) the demo splits in ``data_path``, before anything else runs.
 
         The demo writes only into a ``data_path`` that does not exist, is empty, or
         that it marked itself (:func:`~iconet_fastmri.demo.make_demo_splits`); a
         folder holding a real dataset or other files is refused here, at start-up,
         with a message naming it, and nothing in it is touched.
         """
-        if not self.demo:
-            return
-        from ..demo import make_demo_splits
+        if self.demo:
+            from ..demo import make_demo_splits
 
-        make_demo_splits(
-            self.data_path,
-            challenge=self.challenge,
-            train_volumes=self.demo_volumes[0],
-            val_volumes=self.demo_volumes[1],
-            slices=self.demo_slices,
-            recon_size=self.hr_crop,
-            seed=self.seed,
-            progress=True,
-        )
+            make_demo_splits(
+                self.data_path,
+                challenge=self.challenge,
+                train_volumes=self.demo_volumes[0],
+                val_volumes=self.demo_volumes[1],
+                slices=self.demo_slices,
+                recon_size=self.hr_crop,
+                seed=self.seed,
+                progress=True,
+            )
+        self._scan_once_per_node()
+
+    #: The splits a trainer entry point builds in :meth:`setup`.
+    _STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+    def _scan_once_per_node(self) -> None:
+        """Under DDP, read every k-space slice (``check_values``) once per node, not once per rank.
+
+        Lightning calls :meth:`prepare_data` on each node's local rank 0 while the
+        node's other ranks wait at a barrier; building the stage's datasets here
+        writes the value scan to the per-user cache, so the other ranks' :meth:`setup`
+        reads the result instead of the data (``tests/data/test_dataset.py``).
+        Without a trainer, on one process, or without the cache, :meth:`setup` scans as before.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1 or not (self.use_dataset_cache and self.check_values):
+            return
+        fn = getattr(trainer.state.fn, "value", None)
+        for split in self._STAGE_SPLITS.get(str(fn), ()):
+            self._dataset(split)
 
     # ------------------------------------------------------------------ datasets
     def _dataset(self, split: str) -> IconetSliceDataset:
