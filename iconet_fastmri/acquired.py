@@ -37,6 +37,7 @@ from .inference import load_method
 from .io import check_outputs_apart
 from .models.common import channels_to_complex
 from .models.network_input import measured_input
+from .physics.masks import undersampled_axes
 from .physics.operators import rss, sinc_upsample
 from .physics.sense import SenseOperator
 from .predictions import check_writable, write_volume_atomic
@@ -117,10 +118,7 @@ def reconstruct_acquired(
     mask_config = module.acquisition.mask
     trained_r = mask_config.nominal_acceleration() if mask_config is not None else None
     trained_func = module.acquisition.mask_func
-    trained_2d = None
-    if trained_func is not None:
-        probe, _ = trained_func((32, 32), seed=0)
-        trained_2d = _undersampled_rows(np.asarray(torch.as_tensor(probe, dtype=torch.float32).reshape(1, 32, 32)))
+    trained_2d = None if trained_func is None else undersampled_axes(trained_func, (32, 32))[0]
     needs_mask = module.in_chans == 2 or module.uses_dc
     scans = [read_lr_file(f) for f in files]  # every file checked before any work
     rates = [_check_scan(scan, scale, trained_r, trained_2d) for scan in scans]

@@ -41,7 +41,7 @@ import torch
 from ..io import atomic_write
 from ..physics.fft import fft2c, ifft2c
 from ..physics.masks import eval_mask_seed
-from ..physics.operators import check_scale
+from ..physics.operators import check_scale, crop_kspace, intensity_factor
 from .transforms import center_crop_2d
 
 __all__ = ["is_lr_acquisition_folder", "LrScan", "lr_header", "make_lr_volume", "write_lr_file", "read_lr_file", "model_grid_kspace",
@@ -62,11 +62,14 @@ def _matrix(root: ET.Element, space: str) -> Tuple[int, int]:
 
 
 def central_block(kspace: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
-    """The centred ``shape`` block of centred k-space, DC-aligned (index ``N//2`` -> ``n//2``), values unchanged."""
-    H, W = kspace.shape[-2:]
-    h, w = shape
-    r0, c0 = H // 2 - h // 2, W // 2 - w // 2
-    return kspace[..., r0:r0 + h, c0:c0 + w]
+    """The centred ``shape`` block of centred k-space, DC-aligned (index ``N//2`` -> ``n//2``), values unchanged.
+
+    :func:`~iconet_fastmri.physics.operators.crop_kspace` (the truncation's rule) without its
+    intensity factor ``1/s``; dividing by a power of two is exact.
+    """
+    big = tuple(kspace.shape[-2:])
+    block = crop_kspace(torch.from_numpy(np.ascontiguousarray(kspace)), tuple(shape))  # the truncation's own rule
+    return (block / intensity_factor(tuple(shape), big)).numpy().astype(kspace.dtype, copy=False)
 
 
 def lr_header(header: bytes, scale: int, where: str = "header") -> bytes:
