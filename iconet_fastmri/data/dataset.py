@@ -49,7 +49,7 @@ from .validation import (
     validate_fastmri_file,
 )
 
-__all__ = ["IconetSliceDataset", "default_cache_dir", "shared_volumes"]
+__all__ = ["IconetSliceDataset", "default_cache_dir", "shared_volumes", "subsample_slices"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,33 @@ def _valid_entry(entry: Any) -> bool:
         and isinstance(entry.get("values_checked"), bool)
         and all(isinstance(meta.get(k), list) and len(meta[k]) == 3 for k in ("encoding_size", "recon_size"))
     )
+
+
+def subsample_slices(
+    raw_samples: List[FastMRIRawDataSample],
+    sample_rate: Optional[float],
+    volume_sample_rate: Optional[float],
+    sample_seed: int,
+) -> List[FastMRIRawDataSample]:
+    """The kept slices: a ``sample_rate`` fraction of slices or a ``volume_sample_rate`` fraction of volumes.
+
+    Drawn with ``random.Random(sample_seed)``, so the same on every rank and run (and for HDF5 and shards).
+    """
+    if sample_rate is not None and volume_sample_rate is not None:
+        raise ValueError("set sample_rate (slices) or volume_sample_rate (volumes), not both")
+    for name, rate in (("sample_rate", sample_rate), ("volume_sample_rate", volume_sample_rate)):
+        if rate is not None and not 0 < rate <= 1:
+            raise ValueError(f"{name} must be in (0, 1], got {rate}")
+    rng = random.Random(sample_seed)
+    if sample_rate is not None and sample_rate < 1:
+        keep = max(1, round(len(raw_samples) * sample_rate))
+        indices = sorted(rng.sample(range(len(raw_samples)), keep))
+        return [raw_samples[i] for i in indices]
+    if volume_sample_rate is not None and volume_sample_rate < 1:
+        names = sorted({str(s.fname) for s in raw_samples})
+        kept = set(rng.sample(names, max(1, round(len(names) * volume_sample_rate))))
+        return [s for s in raw_samples if str(s.fname) in kept]
+    return list(raw_samples)
 
 
 def _progress(iterable, total: int, desc: str):
@@ -206,15 +233,7 @@ class IconetSliceDataset(SliceDataset):
         if use_dataset_cache and any(cache.get(k) != v for k, v in entries.items()):
             self._save_cache(cache_dir, root, entries)
 
-        rng = random.Random(sample_seed)
-        if sample_rate is not None and sample_rate < 1:
-            keep = max(1, round(len(self.raw_samples) * sample_rate))
-            indices = sorted(rng.sample(range(len(self.raw_samples)), keep))
-            self.raw_samples = [self.raw_samples[i] for i in indices]
-        elif volume_sample_rate is not None and volume_sample_rate < 1:
-            names = sorted({str(s.fname) for s in self.raw_samples})
-            keep = set(rng.sample(names, max(1, round(len(names) * volume_sample_rate))))
-            self.raw_samples = [s for s in self.raw_samples if str(s.fname) in keep]
+        self.raw_samples = subsample_slices(self.raw_samples, sample_rate, volume_sample_rate, sample_seed)
 
     # ------------------------------------------------------------------ files
     def _checked_entry(

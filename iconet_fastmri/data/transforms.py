@@ -41,6 +41,7 @@ __all__ = [
     "IconetDataTransform",
     "check_kspace",
     "center_crop_2d",
+    "file_target",
     "hr_coil_images",
     "hr_target",
 ]
@@ -152,6 +153,21 @@ def hr_coil_images(
     return center_crop_2d(images, crop), padded
 
 
+def file_target(target: Optional[Any], hr_crop: Sequence[int], padded: bool = False) -> torch.Tensor:
+    """The file's own target (``reconstruction_esc`` / ``reconstruction_rss``) on the HR grid.
+
+    Centre-cropped to ``hr_crop``; an empty tensor when there is none, when it
+    is smaller than the grid, or when the image was zero-padded (``padded``):
+    then it is not comparable with our HR target.
+    """
+    if target is None or padded:
+        return torch.empty(0)
+    target_t = torch.from_numpy(np.asarray(target, dtype=np.float32))
+    if target_t.shape[-2] >= hr_crop[0] and target_t.shape[-1] >= hr_crop[1]:
+        return center_crop_2d(target_t, (int(hr_crop[0]), int(hr_crop[1])))
+    return torch.empty(0)
+
+
 def hr_target(
     kspace: Any, hr_crop: Sequence[int], pad_if_smaller: bool = False, fname: str = "", slice_num: int = 0
 ) -> torch.Tensor:
@@ -229,16 +245,22 @@ class IconetDataTransform:
         slice_num: int,
     ) -> IconetSample:
         hr_images, padded = hr_coil_images(kspace, self.hr_crop, self.pad_if_smaller, fname, slice_num)
+        return self.from_images(hr_images, file_target(target, self.hr_crop, padded), attrs, fname, slice_num)
 
-        if target is not None and not padded:
-            target_t = torch.from_numpy(np.asarray(target, dtype=np.float32))
-            if target_t.shape[-2] >= self.hr_crop[0] and target_t.shape[-1] >= self.hr_crop[1]:
-                target_t = center_crop_2d(target_t, self.hr_crop)
-            else:  # the file's target is smaller than our grid: not comparable
-                target_t = torch.empty(0)
-        else:
-            target_t = torch.empty(0)
+    def from_images(
+        self,
+        hr_images: torch.Tensor,
+        target: torch.Tensor,
+        attrs: Optional[Dict[str, Any]],
+        fname: str,
+        slice_num: int,
+    ) -> IconetSample:
+        """The sample of a slice whose HR-grid coil images (:func:`hr_coil_images`) and target
+        (:func:`file_target`) are known: what ``__call__`` does after the crop.
 
+        Shards (:mod:`iconet_fastmri.data.shards`) store exactly these two and
+        call this, so a slice read from shards is the HDF5 path's sample.
+        """
         H, W = hr_images.shape[-2:]
         patch = (0, 0, int(H), int(W))
         if self.patch_size is not None and not self.use_seed:
@@ -255,7 +277,7 @@ class IconetDataTransform:
         return IconetSample(
             hr_images=hr_images.contiguous(),
             mask=lr_mask.reshape(1, *self.lr_shape).contiguous(),
-            target=target_t.contiguous(),
+            target=target.contiguous(),
             fname=str(fname),
             slice_num=int(slice_num),
             max_value=max_value,

@@ -1,4 +1,4 @@
-"""Lightning data module over fastMRI HDF5 folders.
+"""Lightning data module over fastMRI HDF5 folders or shard sets (``format: shards``).
 
 Not fastmri's ``FastMriDataModule`` (under Lightning 2 its bool flags parse
 "False" as True, ``test_split="challenge"`` raises, and its
@@ -12,10 +12,8 @@ Splits: ``{data_path}/{challenge}_{train,val,test}`` as fastMRI lays them out
 challenge files hold no targets, so super-resolution testing uses the val
 split by default (``test_split="val"``), as the SR literature does.
 
-Masks: validation/test masks are seeded per (file, slice); training masks
-come from each worker's RNG, reseeded from (seed, epoch, DDP rank, worker)
-through :class:`EpochSampler`, which also fixes the shuffle order per epoch:
-a run resumed from a checkpoint sees the same data as an uninterrupted one.
+Masks: validation/test masks are seeded per (file, slice); training order and
+masks per (seed, epoch, rank, worker) (:mod:`iconet_fastmri.data.samplers`).
 With several devices, validation/test use fastmri's ``VolumeSampler`` so
 each volume is scored on exactly one rank (set
 ``use_distributed_sampler=False``; the CLI does).
@@ -31,52 +29,21 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 import pytorch_lightning as pl
 import torch
 from fastmri.data import VolumeSampler
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader
 
 from ..data.dataset import IconetSliceDataset, shared_volumes
+from ..data.shards import ShardSettings, ShardSliceDataset, is_remote
 from ..data.transforms import IconetDataTransform
 from ..data.validation import DEFAULT_MAX_SLICE_ELEMENTS, check_grid_size
 from ..data.splits import PartFilter, check_test_fraction
 from ..data.batching import collate_samples
 from ..physics.acquisition import Acquisition
-from ..physics.masks import MaskConfig, worker_seed
+from ..physics.masks import MaskConfig
+from ..data.samplers import EpochSampler, worker_init
 
 __all__ = ["IconetDataModule"]
 
 log = logging.getLogger(__name__)
-
-
-def _reseed_dataset(dataset, worker_id: int) -> None:
-    state = getattr(dataset, "_iconet_seed_state", None)
-    transform = getattr(dataset, "transform", None)
-    if state is None or transform is None or not hasattr(transform, "reseed"):
-        return
-    base, rank, epoch = state
-    transform.reseed(worker_seed(base, rank, worker_id, epoch))
-
-
-def _worker_init(worker_id: int) -> None:
-    # Training masks/patches: a pure function of (seed, epoch, rank, worker), so
-    # they differ across workers and ranks and a resumed run repeats them exactly.
-    _reseed_dataset(get_worker_info().dataset, worker_id)
-
-
-class EpochSampler(torch.utils.data.DistributedSampler):
-    """Shuffling sampler whose order and training randomness depend only on (seed, epoch, rank).
-
-    Lightning calls :meth:`set_epoch` before each epoch; besides the shuffle
-    order, it records the epoch on the dataset so that the data loader workers
-    (and the main process when ``num_workers=0``) reseed their mask RNGs.
-    """
-
-    def __init__(self, dataset, num_replicas: int, rank: int, seed: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
-        self.dataset._iconet_seed_state = (self.seed, self.rank, int(epoch))
-        _reseed_dataset(self.dataset, 0)  # num_workers=0: the main process draws
 
 
 class IconetDataModule(pl.LightningDataModule):
@@ -135,6 +102,10 @@ class IconetDataModule(pl.LightningDataModule):
         demo: generate the built-in demo dataset in ``data_path`` if it is missing.
         demo_volumes: ``[train, val]`` volumes of the demo dataset.
         demo_slices: slices per demo volume.
+        format: ``"hdf5"`` (fastMRI files) or ``"shards"``: ``data_path`` is a shard set from
+            ``scripts/prepare_shards.py`` (folder or URL; same challenge, hr_crop, pad_if_smaller;
+            samples equal the HDF5 path's; :mod:`iconet_fastmri.data.shards`, docs/SHARDS.md).
+        shard_cache: local cache folder of a remote shard set (litdata's chunk cache).
         seed: base seed of the training randomness and sample-rate subsets.
     """
 
@@ -169,6 +140,8 @@ class IconetDataModule(pl.LightningDataModule):
         demo: bool = False,
         demo_volumes: Tuple[int, int] = (12, 3),
         demo_slices: int = 8,
+        format: Literal["hdf5", "shards"] = "hdf5",
+        shard_cache: Optional[str] = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -178,6 +151,17 @@ class IconetDataModule(pl.LightningDataModule):
             raise ValueError(f"test_split must be 'val' or 'test', got {test_split!r}")
         self.acquisition = Acquisition(scale, MaskConfig(**mask) if isinstance(mask, dict) else mask,
                                        noise_std, kspace_steps)
+        if format not in ("hdf5", "shards"):
+            raise ValueError(f"format must be 'hdf5' or 'shards', got {format!r}")
+        self.format, self.shard_root, self.shard_cache = format, str(data_path), shard_cache  # a URL: no Path
+        if format == "shards":
+            problem = ("the demo writes HDF5: use format hdf5, or prepare shards from it" if demo else
+                       "train/val/test_path are for HDF5; data_path names the shard set" if any(
+                           (train_path, val_path, test_path)) else
+                       f"data_path {data_path} is remote: set --data.shard_cache to a local folder"
+                       if is_remote(self.shard_root) and not shard_cache else "")
+            if problem:
+                raise ValueError(f"format: shards: {problem}")
         self.data_path = Path(data_path)
         self.challenge = challenge
         if len(hr_crop) != 2 or min(int(n) for n in hr_crop) < 1:
@@ -228,6 +212,10 @@ class IconetDataModule(pl.LightningDataModule):
         ``<anatomy>_{challenge}_{split}`` are candidates, and more than one is an error.
         With ``anatomy``, ``<anatomy>_{challenge}_{split}``, else ``{challenge}_{split}``.
         """
+        if self.format == "shards":
+            if is_remote(self.shard_root):
+                raise ValueError(f"split {split!r} of {self.shard_root} is remote, not a folder")
+            return self.data_path / split
         explicit = self.paths.get(split)
         if explicit:
             return Path(explicit)
@@ -290,7 +278,8 @@ class IconetDataModule(pl.LightningDataModule):
         Without a trainer, on one process, or without the cache, :meth:`setup` scans as before.
         """
         trainer = self.trainer
-        if trainer is None or trainer.world_size <= 1 or not (self.use_dataset_cache and self.check_values):
+        if (trainer is None or trainer.world_size <= 1 or self.format == "shards"
+                or not (self.use_dataset_cache and self.check_values)):
             return
         fn = getattr(trainer.state.fn, "value", None)
         for split in self._STAGE_SPLITS.get(str(fn), ()):
@@ -312,14 +301,25 @@ class IconetDataModule(pl.LightningDataModule):
             pad_if_smaller=self.pad_if_smaller,
             mask_seed_rule=self.mask_seed_rule,
         )
-        if split == "test" and not self.paths.get("test") and self.test_split == "val":
-            folder = self.split_path("val")  # fastMRI's test files have no targets: the val folder
-        else:
-            folder = self.split_path(split)
         part = None
         if self.test_fraction is not None and split in ("val", "test"):
             part = split  # the val folder, split by file name into a val and a test part
         fraction = self.test_fraction
+        if self.format == "shards":
+            source = "val" if split == "test" and self.test_split == "val" else split
+            dataset = ShardSliceDataset(
+                self.shard_root, source, ShardSettings(self.challenge, self.hr_crop, self.pad_if_smaller),
+                transform=transform, cache_dir=self.shard_cache,
+                sample_rate=self.sample_rate if train else None,
+                volume_sample_rate=self.volume_sample_rate if train else self.val_sample_rate,
+                raw_sample_filter=None if part is None else PartFilter(part, fraction), sample_seed=self.seed,
+            )
+            self.datasets[split] = dataset
+            return dataset
+        if split == "test" and not self.paths.get("test") and self.test_split == "val":
+            folder = self.split_path("val")  # fastMRI's test files have no targets: the val folder
+        else:
+            folder = self.split_path(split)
         dataset = IconetSliceDataset(
             folder,
             self.challenge,
@@ -387,7 +387,7 @@ class IconetDataModule(pl.LightningDataModule):
             shuffle=shuffle,
             sampler=sampler,
             num_workers=self.num_workers,
-            worker_init_fn=_worker_init,
+            worker_init_fn=worker_init,
             collate_fn=collate_samples,
             persistent_workers=False,
             pin_memory=torch.cuda.is_available(),

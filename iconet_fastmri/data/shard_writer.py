@@ -1,0 +1,165 @@
+"""Write a shard set (:mod:`iconet_fastmri.data.shards`) from fastMRI split folders, resumably.
+
+Files are validated as the HDF5 path validates them
+(:class:`~iconet_fastmri.data.dataset.IconetSliceDataset`), then each part
+(``volumes_per_part`` whole volumes in sorted order) is written with litdata's
+``BinaryWriter``; the manifest lists a part only once it is complete, and is
+rewritten atomically after each one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Sequence
+
+import h5py
+import numpy as np
+from fastmri.data.mri_data import FastMRIRawDataSample
+
+from ..io import atomic_write_json, check_outputs_apart
+from .dataset import IconetSliceDataset
+from .shards import MANIFEST, SHARD_FORMAT, SHARD_VERSION, ShardSetError, ShardSettings, encode_slice, read_manifest
+from .transforms import file_target, hr_coil_images
+
+__all__ = ["prepare_shards"]
+
+_PART = "part-{:05d}"
+
+
+def _volume_entry(dataset: IconetSliceDataset, fname: str, samples: List[FastMRIRawDataSample]) -> Dict[str, Any]:
+    with h5py.File(fname, "r") as f:
+        peak = f.attrs.get("max")
+    return {
+        "fname": Path(fname).name,
+        "num_slices": len(samples),
+        "metadata": json.loads(json.dumps(samples[0].metadata, default=_plain)),
+        "max": None if peak is None else float(peak),
+        "kspace_shape": list(dataset.kspace_shapes[fname]),
+        "fingerprint": dataset.fingerprints[fname],
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (np.ndarray, tuple)):
+        return list(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    raise TypeError(f"cannot store {type(value).__name__} in the manifest")
+
+
+def _write_part(dataset: IconetSliceDataset, volumes: Dict[str, List[FastMRIRawDataSample]], files: Sequence[str],
+                part_dir: Path, settings: ShardSettings, chunk_bytes: str, progress: Callable[[int], None]) -> int:
+    from litdata.streaming.writer import BinaryWriter
+
+    if part_dir.exists():
+        shutil.rmtree(part_dir)  # unfinished: not in the manifest
+    part_dir.mkdir(parents=True)
+    writer = BinaryWriter(cache_dir=str(part_dir), chunk_bytes=chunk_bytes)
+    index = 0
+    for fname in files:
+        slices = sorted(s.slice_ind for s in volumes[fname])
+        with h5py.File(fname, "r") as f:
+            has_target = dataset.recons_key in f
+            for i in slices:
+                images, padded = hr_coil_images(f["kspace"][i], settings.hr_crop, settings.pad_if_smaller, fname, i)
+                target = file_target(f[dataset.recons_key][i] if has_target else None, settings.hr_crop, padded)
+                writer.add_item(index, encode_slice(images, target, i, settings.precision))
+                index += 1
+                progress(1)
+    writer.done()
+    writer.merge(num_workers=1)
+    return index
+
+
+def prepare_shards(
+    sources: Dict[str, Path],
+    out: Path,
+    settings: ShardSettings,
+    volumes_per_part: int = 16,
+    chunk_bytes: str = "256MB",
+    skip_bad_files: bool = False,
+    progress: bool = True,
+) -> Dict[str, Any]:
+    """Convert fastMRI split folders into a shard set at ``out`` (resumable); returns the manifest.
+
+    Args:
+        sources: ``{split: folder}``, e.g. ``{"train": .../multicoil_train, "val": ...}``.
+        out: the shard set's folder: new, empty, or a shard set being prepared
+            with the same settings (then it continues). Nothing is written into
+            the sources.
+        settings: challenge, HR grid, padding and precision of the stored images.
+        volumes_per_part: whole volumes per litdata dataset (the unit of resuming).
+        chunk_bytes: litdata chunk size.
+        skip_bad_files: leave out files that fail the checks (a warning names them) instead of stopping.
+    """
+    out = Path(out)
+    check_outputs_apart({"--out": out}, {f"{split} data": folder for split, folder in sources.items()})
+    manifest_path = out / MANIFEST
+    if manifest_path.exists():
+        manifest = read_manifest(str(out))
+        if manifest.get("settings") != settings.as_json() or manifest.get("volumes_per_part") != volumes_per_part:
+            raise ShardSetError(
+                f"{out} holds shards prepared with other settings ({manifest.get('settings')}, "
+                f"volumes_per_part {manifest.get('volumes_per_part')}); choose a new --out"
+            )
+    elif out.exists() and any(out.iterdir()):
+        raise ShardSetError(f"{out} exists and is not an (unfinished) shard set; choose a new or empty --out")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        manifest = {"format": SHARD_FORMAT, "version": SHARD_VERSION, "settings": settings.as_json(),
+                    "volumes_per_part": volumes_per_part, "splits": {}}
+        atomic_write_json(manifest_path, manifest)
+
+    for split, folder in sources.items():
+        dataset = IconetSliceDataset(
+            folder, settings.challenge, use_dataset_cache=False, skip_bad_files=skip_bad_files,
+            # Every slice is read and checked (check_kspace) while it is written: a bad one stops the
+            # run naming it. To leave bad files out instead, they are found first.
+            check_values=skip_bad_files,
+            progress=progress,
+        )
+        files = dataset._kept_files()
+        volumes: Dict[str, List[FastMRIRawDataSample]] = {}
+        for sample in dataset.raw_samples:
+            volumes.setdefault(str(sample.fname), []).append(sample)
+        groups = [files[i : i + volumes_per_part] for i in range(0, len(files), volumes_per_part)]
+        entry = manifest["splits"].get(split)
+        if entry is not None and entry.get("source_files") != [Path(f).name for f in files]:
+            raise ShardSetError(f"{out}: split {split!r} was started from other files than {folder} holds now")
+        entry = entry or {"source": str(Path(folder).resolve()), "source_files": [Path(f).name for f in files],
+                          "parts": [], "skipped": [p.name for p in dataset.skipped_files]}
+        manifest["splits"][split] = entry
+        done = len(entry["parts"])
+        total = sum(dataset.slices_per_volume()[Path(f).name] for g in groups[done:] for f in g)
+        bar = _bar(total, f"{split} shards", progress)
+        for k in range(done, len(groups)):
+            name = _PART.format(k)
+            count = _write_part(dataset, volumes, groups[k], out / split / name, settings, chunk_bytes, bar.update)
+            entry["parts"].append({"name": name, "slices": count,
+                                   "volumes": [_volume_entry(dataset, f, volumes[f]) for f in groups[k]]})
+            entry["complete"] = k + 1 == len(groups)
+            atomic_write_json(manifest_path, manifest)
+        entry["complete"] = True
+        atomic_write_json(manifest_path, manifest)
+        bar.close()
+    return manifest
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(total: int, desc: str, show: bool):
+    if not show or total == 0:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="slice")

@@ -1,0 +1,231 @@
+"""Shards (litdata) hold exactly what the HDF5 path computes; bad or foreign shard sets are refused."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from iconet_fastmri.data import shard_writer, shards as shards_mod
+from iconet_fastmri.data.shard_writer import prepare_shards
+from iconet_fastmri.data.dataset import IconetSliceDataset
+from iconet_fastmri.data.shards import (
+    MANIFEST,
+    ShardSetError,
+    ShardSettings,
+    ShardSliceDataset,
+)
+from iconet_fastmri.data.transforms import IconetDataTransform
+from iconet_fastmri.demo import write_fastmri_dataset
+from iconet_fastmri.pl_modules.data_module import IconetDataModule
+from iconet_fastmri.physics.acquisition import Acquisition
+from iconet_fastmri.physics.masks import MaskConfig
+
+GRID = (32, 32)
+
+
+def _transform(train=False):
+    acq = Acquisition(2, MaskConfig())
+    transform = IconetDataTransform(acq, GRID, use_seed=not train, patch_size=(16, 32) if train else None)
+    transform.reseed(7)  # what the data module's sampler does per (seed, epoch, rank, worker)
+    return transform
+
+
+def _same(a, b):
+    for field, x, y in zip(a._fields, a, b):
+        if torch.is_tensor(x):
+            assert x.dtype == y.dtype and torch.equal(x, y), field
+        elif isinstance(x, float) and np.isnan(x):
+            assert np.isnan(y), field
+        else:
+            assert x == y, field
+
+
+@pytest.fixture(scope="module")
+def multicoil_shards(multicoil_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mc") / "shards"
+    prepare_shards({"val": multicoil_dir}, out, ShardSettings("multicoil", GRID), volumes_per_part=1,
+                   chunk_bytes="64KB", progress=False)
+    return out
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["val", "train"])
+@pytest.mark.parametrize("challenge", ["singlecoil", "multicoil"])
+def test_a_slice_read_from_shards_is_the_hdf5_sample(challenge, train, singlecoil_dir, multicoil_dir, tmp_path):
+    folder = singlecoil_dir if challenge == "singlecoil" else multicoil_dir
+    assert h5py.File(next(folder.glob("*.h5")))["kspace"].shape[-1] > GRID[1]  # readout-oversampled: a real crop
+    prepare_shards({"val": folder}, tmp_path / "s", ShardSettings(challenge, GRID), volumes_per_part=1,
+                   chunk_bytes="64KB", progress=False)
+    hdf5 = IconetSliceDataset(folder, challenge, transform=_transform(train), use_dataset_cache=False)
+    shard = ShardSliceDataset(str(tmp_path / "s"), "val", ShardSettings(challenge, GRID), transform=_transform(train))
+    assert [(str(s.fname), s.slice_ind) for s in shard.raw_samples] == [(Path(s.fname).name, s.slice_ind) for s in hdf5.raw_samples]
+    assert shard.slices_per_volume() == hdf5.slices_per_volume()
+    for i in range(len(hdf5)):
+        a, b = hdf5[i], shard[i]
+        assert a.hr_images.dtype == torch.complex64 and a.target.numel()
+        _same(a, b)  # images, mask, target, max, patch: bit for bit
+
+
+def test_float16_shards_keep_the_images_within_half_precision(multicoil_dir, multicoil_shards, tmp_path):
+    prepare_shards({"val": multicoil_dir}, tmp_path / "h", ShardSettings("multicoil", GRID, precision="float16"),
+                   progress=False)
+    full = ShardSliceDataset(str(multicoil_shards), "val", ShardSettings("multicoil", GRID))
+    half = ShardSliceDataset(str(tmp_path / "h"), "val", ShardSettings("multicoil", GRID))
+    assert half.precision == "float16"
+    for i in range(len(full)):
+        a, b = full.read(i)[0], half.read(i)[0]
+        err = float((a - b).abs().max() / a.abs().max())
+        assert 0 < err < 2 ** -10  # half precision's rounding, relative to the slice peak
+    chunk = lambda root: sum(p.stat().st_size for p in Path(root).rglob("chunk-*.bin"))  # noqa: E731
+    assert chunk(tmp_path / "h") < 0.6 * chunk(multicoil_shards)  # images halved; the float32 target is kept
+
+
+def test_prepare_resumes_after_a_kill_without_rewriting_finished_parts(multicoil_dir, multicoil_shards, tmp_path,
+                                                                        monkeypatch):
+    real, calls = shard_writer._write_part, []
+
+    def killed_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            real(*args, **kwargs)  # the part is written but not yet in the manifest when the kill comes
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shard_writer, "_write_part", killed_on_second)
+    out = tmp_path / "s"
+    settings = ShardSettings("multicoil", GRID)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_shards({"val": multicoil_dir}, out, settings, volumes_per_part=1, chunk_bytes="64KB", progress=False)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert [p["name"] for p in manifest["splits"]["val"]["parts"]] == ["part-00000"]
+    with pytest.raises(ShardSetError, match="unfinished"):
+        ShardSliceDataset(str(out), "val", settings)
+    first = {p: p.stat().st_mtime_ns for p in (out / "val" / "part-00000").iterdir()}
+    monkeypatch.setattr(shard_writer, "_write_part", real)
+    calls.clear()
+    prepare_shards({"val": multicoil_dir}, out, settings, volumes_per_part=1, chunk_bytes="64KB", progress=False)
+    assert {p: p.stat().st_mtime_ns for p in (out / "val" / "part-00000").iterdir()} == first
+    resumed = ShardSliceDataset(str(out), "val", settings)
+    whole = ShardSliceDataset(str(multicoil_shards), "val", settings)
+    for i in range(len(whole)):
+        assert torch.equal(resumed.read(i)[0], whole.read(i)[0])
+
+
+def test_a_remote_shard_set_is_read_through_a_local_cache(multicoil_shards, tmp_path):
+    remote = tmp_path / "bucket"
+    shutil.copytree(multicoil_shards, remote)
+    before = sorted(p.name for p in remote.rglob("*"))
+    settings = ShardSettings("multicoil", GRID)
+    dataset = ShardSliceDataset(f"local:{remote}", "val", settings, cache_dir=str(tmp_path / "cache"))
+    local = ShardSliceDataset(str(multicoil_shards), "val", settings)
+    for i in range(len(local)):
+        assert torch.equal(dataset.read(i)[0], local.read(i)[0])
+    assert list((tmp_path / "cache").rglob("chunk-*.bin"))  # chunks came through the cache
+    assert sorted(p.name for p in remote.rglob("*")) == before  # nothing written at the "remote"
+    with pytest.raises(ValueError, match="shard_cache"):
+        IconetDataModule(data_path=f"local:{remote}", format="shards", challenge="multicoil", hr_crop=GRID)
+
+
+def test_a_shard_set_prepared_with_other_settings_or_format_is_refused(multicoil_shards, tmp_path):
+    with pytest.raises(ShardSetError, match=r"hr_crop: shards \[32, 32\], run \[16, 16\]"):
+        ShardSliceDataset(str(multicoil_shards), "val", ShardSettings("multicoil", (16, 16)))
+    with pytest.raises(ShardSetError, match="challenge"):
+        ShardSliceDataset(str(multicoil_shards), "val", ShardSettings("singlecoil", GRID))
+    with pytest.raises(ShardSetError, match="no 'train' split"):
+        ShardSliceDataset(str(multicoil_shards), "train", ShardSettings("multicoil", GRID))
+    with pytest.raises(ShardSetError, match="not a shard set"):
+        ShardSliceDataset(str(tmp_path), "val", ShardSettings("multicoil", GRID))
+    other = tmp_path / "v0"
+    shutil.copytree(multicoil_shards, other)
+    manifest = json.loads((other / MANIFEST).read_text())
+    manifest["version"] = 0
+    (other / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ShardSetError, match="version 0"):
+        ShardSliceDataset(str(other), "val", ShardSettings("multicoil", GRID))
+    # Continuing a set with other settings is refused too.
+    with pytest.raises(ShardSetError, match="other settings"):
+        prepare_shards({"val": tmp_path}, multicoil_shards, ShardSettings("multicoil", (16, 16)), volumes_per_part=1,
+                       progress=False)
+
+
+TRIPPED = []
+
+
+def _trip():
+    TRIPPED.append(1)  # would run on unpickling
+    return "payload"
+
+
+class _Tripwire:
+    def __reduce__(self):
+        return (_trip, ())
+
+
+def test_pickled_items_are_never_unpickled(tmp_path):
+    from litdata.streaming.writer import BinaryWriter
+
+    writer = BinaryWriter(cache_dir=str(tmp_path / "val" / "part-00000"), chunk_bytes="64KB")
+    writer.add_item(0, {"images": _Tripwire(), "scale": torch.tensor(1.0), "target": torch.empty(0, 0), "slice": 0})
+    writer.done()
+    writer.merge(num_workers=1)
+    volume = {"fname": "a.h5", "num_slices": 1, "metadata": {}, "max": None, "kspace_shape": [1, 32, 32],
+              "fingerprint": "x"}
+    manifest = {"format": shards_mod.SHARD_FORMAT, "version": shards_mod.SHARD_VERSION,
+                "settings": ShardSettings("singlecoil", GRID).as_json(), "volumes_per_part": 1,
+                "splits": {"val": {"complete": True, "parts": [{"name": "part-00000", "slices": 1,
+                                                                 "volumes": [volume]}]}}}
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    dataset = ShardSliceDataset(str(tmp_path), "val", ShardSettings("singlecoil", GRID))
+    with pytest.raises(ShardSetError, match="pickled"):
+        dataset.read(0)
+    assert not TRIPPED
+
+
+def test_prepare_refuses_bad_input_and_foreign_outputs(tmp_path):
+    data = tmp_path / "data"
+    write_fastmri_dataset(data, "singlecoil", num_volumes=2, slices=2, recon_size=GRID, seed=5)
+    bad = sorted(data.glob("*.h5"))[1]
+    with h5py.File(bad, "r+") as f:
+        k = f["kspace"][...]
+        k[1, 3, 3] = np.nan
+        f["kspace"][...] = k
+    settings = ShardSettings("singlecoil", GRID)
+    with pytest.raises(ValueError, match=rf"{bad.name}.*slice 1.*NaN"):
+        prepare_shards({"val": data}, tmp_path / "s", settings, progress=False)
+    with pytest.raises(ShardSetError, match="no 'val' split"):  # the set made so far is never read as done
+        ShardSliceDataset(str(tmp_path / "s"), "val", settings)
+    prepare_shards({"val": data}, tmp_path / "skip", settings, skip_bad_files=True, progress=False)
+    kept = ShardSliceDataset(str(tmp_path / "skip"), "val", settings)
+    assert sorted(kept.slices_per_volume()) == [sorted(data.glob("*.h5"))[0].name]
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(ShardSetError, match="not an .unfinished. shard set"):
+        prepare_shards({"val": data}, busy, settings, progress=False)
+    with pytest.raises(Exception, match="inside|contains|is"):
+        prepare_shards({"val": data}, data / "shards", settings, progress=False)
+    assert not (data / "shards").exists()
+
+
+def test_the_data_module_reads_shards_as_it_reads_hdf5(multicoil_dir, multicoil_shards):
+    common = dict(challenge="multicoil", hr_crop=GRID, batch_size=2, num_workers=0, use_dataset_cache=False)
+    hdf5 = IconetDataModule(data_path=str(multicoil_dir.parent), val_path=str(multicoil_dir), **common)
+    shard = IconetDataModule(data_path=str(multicoil_shards), format="shards", **common)
+    for dm in (hdf5, shard):
+        dm.setup("validate")
+    batches = list(zip(hdf5.val_dataloader(), shard.val_dataloader()))
+    assert len(batches) == 2
+    for a, b in batches:
+        _same(a, b)
+    assert shard.split_path("val") == multicoil_shards / "val"
+    with pytest.raises(ValueError, match="demo"):
+        IconetDataModule(data_path=str(multicoil_shards), format="shards", demo=True, **common)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX paths")
+def test_prepare_writes_nothing_into_the_source(multicoil_dir, multicoil_shards):
+    assert sorted(p.suffix for p in multicoil_dir.iterdir()) == [".h5", ".h5"]
