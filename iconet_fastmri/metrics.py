@@ -19,7 +19,7 @@ shows up there while fastMRI's whole-volume numbers barely move.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 from fastmri import evaluate
@@ -34,6 +34,7 @@ __all__ = [
     "VolumeAccumulator",
     "METRIC_NAMES",
     "summarize",
+    "merge_rank_results",
 ]
 
 METRIC_NAMES = ("nmse", "psnr", "ssim")
@@ -196,6 +197,10 @@ class VolumeAccumulator:
                 out[f"{name}_{method}" if method else name] = value
         self.results[fname] = out
 
+    def partial(self) -> Tuple[Dict[str, Dict[str, float]], Dict[str, Dict[int, Any]]]:
+        """``(scored volumes, open volumes' slices)``, unscored: what a DDP rank sends to :func:`merge_rank_results`."""
+        return self.results, self.open
+
     def finalize(self) -> Dict[str, Dict[str, float]]:
         """Score any open volumes and return ``{fname: {metric: value}}``."""
         for fname in list(self.open):
@@ -211,10 +216,26 @@ def summarize(results: Mapping[str, Mapping[str, float]]) -> Dict[str, float]:
     return {k: float(np.mean([r[k] for r in results.values() if k in r])) for k in keys}
 
 
-def merge_results(parts: Iterable[Mapping[str, Mapping[str, float]]]) -> Dict[str, Dict[str, float]]:
-    """Merge per-rank results; a volume scored on several ranks is kept once."""
+def merge_rank_results(
+    parts: Iterable[Tuple[Mapping[str, Mapping[str, float]], Mapping[str, Mapping[int, Any]]]],
+) -> Dict[str, Dict[str, float]]:
+    """Merge the ranks' :meth:`VolumeAccumulator.partial` results: each volume scored once, on all its slices.
+
+    A volume complete on some rank keeps that rank's score. The slices of
+    volumes complete on none (a volume split across ranks, or the number of
+    slices unknown) are pooled from every rank (a slice seen twice, e.g. a
+    sampler's padding, counts once) and scored together, so the result equals
+    a single process's whatever the sampler did.
+    """
     merged: Dict[str, Dict[str, float]] = {}
-    for part in parts:
-        for fname, values in part.items():
+    pooled = VolumeAccumulator()
+    parts = list(parts)
+    for results, _ in parts:
+        for fname, values in results.items():
             merged.setdefault(fname, dict(values))
+    for _, open_slices in parts:
+        for fname, slices in open_slices.items():
+            if fname not in merged:
+                pooled.open.setdefault(fname, {}).update(slices)
+    merged.update(pooled.finalize())
     return merged

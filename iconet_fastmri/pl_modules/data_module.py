@@ -14,9 +14,9 @@ split by default (``test_split="val"``), as the SR literature does.
 
 Masks: validation/test masks are seeded per (file, slice); training order and
 masks per (seed, epoch, rank, worker) (:mod:`iconet_fastmri.data.samplers`).
-With several devices, validation/test use fastmri's ``VolumeSampler`` so
-each volume is scored on exactly one rank (set
-``use_distributed_sampler=False``; the CLI does).
+With several devices, validation/test deal whole volumes to ranks, every rank
+the same number of batches (our ``VolumeSampler``; fastmri's hangs when a rank
+gets no volume); set ``use_distributed_sampler=False`` (the CLI does).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
-from fastmri.data import VolumeSampler
 from torch.utils.data import DataLoader
 
 from ..data.dataset import IconetSliceDataset, shared_volumes
@@ -39,7 +38,7 @@ from ..data.splits import PartFilter, check_test_fraction
 from ..data.batching import collate_samples
 from ..physics.acquisition import Acquisition
 from ..physics.masks import MaskConfig
-from ..data.samplers import EpochSampler, worker_init
+from ..data.samplers import EpochSampler, VolumeSampler, worker_init
 
 __all__ = ["IconetDataModule"]
 
@@ -377,9 +376,7 @@ class IconetDataModule(pl.LightningDataModule):
             sampler.set_epoch(epoch)
             shuffle = False
         elif world > 1:
-            sampler = VolumeSampler(
-                dataset, num_replicas=world, rank=self.trainer.global_rank, shuffle=False
-            )
+            sampler = VolumeSampler(dataset, num_replicas=world, rank=self.trainer.global_rank)
             shuffle = False
         return DataLoader(
             dataset,

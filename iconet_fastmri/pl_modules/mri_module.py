@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from ..divergence import check_finite_reconstruction
-from ..metrics import VolumeAccumulator, merge_results, summarize
+from ..metrics import VolumeAccumulator, merge_rank_results, summarize
 
 __all__ = ["EvalBatch", "MriModule"]
 
@@ -98,11 +98,13 @@ class MriModule(pl.LightningModule):
         return result
 
     def _end_eval(self, prefix: str) -> Dict[str, float]:
-        results = self._accumulator.finalize()
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # Each rank's scored volumes and unfinished slices; every volume scored once, on all its slices.
             parts: List[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, results)
-            results = merge_results(parts)
+            dist.all_gather_object(parts, self._accumulator.partial())
+            results = merge_rank_results(parts)
+        else:
+            results = self._accumulator.finalize()
         summary = summarize(results)
         for name, value in summary.items():
             self.log(f"{prefix}/{name}", value, prog_bar=name in ("psnr", "ssim"), sync_dist=False)
