@@ -40,6 +40,7 @@ from fastmri.data import SliceDataset
 from fastmri.data.mri_data import FastMRIRawDataSample
 
 from ..io import atomic_write_json
+from .samplers import reseed_sample
 from .validation import (
     DEFAULT_MAX_SLICE_ELEMENTS,
     DEFAULT_MAX_SLICES,
@@ -288,6 +289,10 @@ class IconetSliceDataset(SliceDataset):
             else:
                 raise FileNotFoundError(f"data path {entry} does not exist")
         return files
+
+    def __getitem__(self, i: int):
+        reseed_sample(self, i)  # training draws per (seed, epoch, sample): resumable mid-epoch
+        return super().__getitem__(i)
 
     def _kept_files(self) -> List[str]:
         return sorted({str(s.fname) for s in self.raw_samples})

@@ -1,53 +1,103 @@
 """Samplers of the data loaders: training order and randomness per (seed, epoch, rank), volumes per rank.
 
 :class:`EpochSampler` shuffles training slices as a pure function of (seed,
-epoch, rank) and reseeds the transforms' mask and patch RNGs in every worker
-(:func:`worker_init`), so that a resumed run sees the data an uninterrupted one
-would. It works alike for HDF5 (:class:`~.dataset.IconetSliceDataset`) and
+epoch, rank); the transforms' mask and patch draws are seeded per (seed, epoch,
+sample) (:func:`training_seed`); :class:`ResumableLoader` puts the epoch's
+position in checkpoints. So a run resumed, even mid-epoch, sees the data an
+uninterrupted one would. It works alike for HDF5 (:class:`~.dataset.IconetSliceDataset`) and
 shards (:class:`~.shards.ShardSliceDataset`).
 """
 
 from __future__ import annotations
 
+import zlib
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+
 import torch
-from torch.utils.data import get_worker_info
+from torch.utils.data import DataLoader
 
-from ..physics.masks import worker_seed
-
-__all__ = ["EpochSampler", "VolumeSampler", "worker_init"]
+__all__ = ["EpochSampler", "ResumableLoader", "VolumeSampler", "reseed_sample", "training_seed"]
 
 
-def _reseed_dataset(dataset, worker_id: int) -> None:
+def training_seed(base_seed: int, epoch: int, index: int) -> int:
+    """Seed of the training randomness (mask, patch position) of sample ``index`` in ``epoch``.
+
+    Per sample, not per worker: the draw does not depend on the number of
+    workers or on which samples came before, so a run resumed mid-epoch (or run
+    with other ``num_workers``) draws what an uninterrupted one does.
+    """
+    return zlib.crc32(f"{int(base_seed)}/{int(epoch)}/{int(index)}".encode("utf-8")) & 0xFFFFFFFF
+
+
+def reseed_sample(dataset: Any, index: int) -> None:
+    """Before a training sample is made: reseed the dataset's transform for (seed, epoch, index).
+
+    A no-op for datasets no :class:`EpochSampler` drives (validation, test).
+    """
     state = getattr(dataset, "_iconet_seed_state", None)
     transform = getattr(dataset, "transform", None)
-    if state is None or transform is None or not hasattr(transform, "reseed"):
-        return
-    base, rank, epoch = state
-    transform.reseed(worker_seed(base, rank, worker_id, epoch))
-
-
-def worker_init(worker_id: int) -> None:
-    # Training masks/patches: a pure function of (seed, epoch, rank, worker), so
-    # they differ across workers and ranks and a resumed run repeats them exactly.
-    _reseed_dataset(get_worker_info().dataset, worker_id)
+    if state is not None and transform is not None and hasattr(transform, "reseed"):
+        transform.reseed(training_seed(state[0], state[1], index))
 
 
 class EpochSampler(torch.utils.data.DistributedSampler):
-    """Shuffling sampler whose order and training randomness depend only on (seed, epoch, rank).
+    """Shuffling sampler whose order and training randomness depend only on (seed, epoch, sample).
 
     Lightning calls :meth:`set_epoch` before each epoch; besides the shuffle
-    order, it records the epoch on the dataset so that the data loader workers
-    (and the main process when ``num_workers=0``) reseed their mask RNGs.
+    order, it records (seed, epoch) on the dataset, whose ``__getitem__``
+    reseeds the transform per sample (:func:`reseed_sample`). :meth:`resume_at`
+    makes the given epoch start after the samples a checkpoint had consumed
+    (:class:`ResumableLoader`).
     """
 
     def __init__(self, dataset, num_replicas: int, rank: int, seed: int) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self._resume: Optional[Tuple[int, int]] = None
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
-        self.dataset._iconet_seed_state = (self.seed, self.rank, int(epoch))
-        _reseed_dataset(self.dataset, 0)  # num_workers=0: the main process draws
+        self.dataset._iconet_seed_state = (self.seed, int(epoch))
+
+    def resume_at(self, epoch: int, consumed: int) -> None:
+        """In ``epoch``, skip the first ``consumed`` samples of this rank's order (they were trained on)."""
+        self._resume = (int(epoch), int(consumed))
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        if self._resume is not None and self._resume[0] == self.epoch:
+            indices = indices[self._resume[1]:]
+        return iter(indices)
+
+
+class ResumableLoader(DataLoader):
+    """The training ``DataLoader``, resumable mid-epoch through Lightning's ``state_dict`` interface.
+
+    Lightning stores :meth:`state_dict` in the checkpoint's loop state and, on
+    resume, hands it to :meth:`load_state_dict` before iterating: the epoch and
+    the samples this rank had consumed, which the :class:`EpochSampler` then
+    skips. Each rank consumes the same number of batches, so rank 0's state holds
+    for all.
+
+    Args:
+        progress: returns ``(epoch, batches trained in it)`` (the trainer's fit loop counters).
+        *args, **kwargs: ``DataLoader``'s; the sampler must be an :class:`EpochSampler`.
+    """
+
+    def __init__(self, *args: Any, progress: Callable[[], Tuple[int, int]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.sampler, EpochSampler):
+            raise TypeError("ResumableLoader needs an EpochSampler")
+        self._progress = progress
+
+    def state_dict(self) -> Dict[str, Any]:
+        epoch, batches = self._progress()
+        return {"sampler": "EpochSampler", "epoch": int(epoch), "samples": int(batches) * int(self.batch_size)}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("sampler") != "EpochSampler":
+            raise ValueError(f"the checkpoint's data loader state is not ours: {state!r}")
+        self.sampler.resume_at(state["epoch"], state["samples"])
 
 
 class VolumeSampler(torch.utils.data.Sampler):

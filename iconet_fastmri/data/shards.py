@@ -56,6 +56,7 @@ import torch
 from fastmri.data.mri_data import FastMRIRawDataSample
 
 from .dataset import IconetSliceDataset, subsample_slices
+from .samplers import reseed_sample
 from .transforms import IconetDataTransform
 
 __all__ = [
@@ -311,6 +312,7 @@ class ShardSliceDataset(IconetSliceDataset):
         return images, target, name, slice_num
 
     def __getitem__(self, i: int):
+        reseed_sample(self, i)
         images, target, name, slice_num = self.read(i)
         if self.transform is None:
             return images, target, name, slice_num

@@ -38,7 +38,7 @@ from ..data.splits import PartFilter, check_test_fraction
 from ..data.batching import collate_samples
 from ..physics.acquisition import Acquisition
 from ..physics.masks import MaskConfig
-from ..data.samplers import EpochSampler, VolumeSampler, worker_init
+from ..data.samplers import EpochSampler, ResumableLoader, VolumeSampler
 
 __all__ = ["IconetDataModule"]
 
@@ -378,18 +378,16 @@ class IconetDataModule(pl.LightningDataModule):
         elif world > 1:
             sampler = VolumeSampler(dataset, num_replicas=world, rank=self.trainer.global_rank)
             shuffle = False
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            worker_init_fn=worker_init,
-            collate_fn=collate_samples,
-            persistent_workers=False,
-            pin_memory=torch.cuda.is_available(),
-            drop_last=False,
-        )
+        options = dict(batch_size=self.batch_size, shuffle=shuffle, sampler=sampler, num_workers=self.num_workers,
+                       collate_fn=collate_samples, persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                       drop_last=False)
+        if split == "train" and self.trainer is not None:  # the epoch's position goes into checkpoints
+            return ResumableLoader(dataset, progress=self._train_progress, **options)
+        return DataLoader(dataset, **options)
+
+    def _train_progress(self) -> tuple:
+        loop = self.trainer.fit_loop
+        return loop.epoch_progress.current.processed, loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

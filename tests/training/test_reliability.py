@@ -211,3 +211,51 @@ def test_training_with_a_corrupt_file_skips_it_with_a_warning(data, tmp_path):
     proc = _run(_args(bad, tmp_path / "r2", 1, ["--data.skip_bad_files", "true"]), tmp_path)
     assert "skipping bad fastMRI file" in proc.stderr and "file_demo_999.h5" in proc.stderr
     assert (tmp_path / "r2" / "checkpoints" / "last.ckpt").exists()
+
+
+def _shards(data, out):
+    from iconet_fastmri.data.shard_writer import prepare_shards
+    from iconet_fastmri.data.shards import ShardSettings
+
+    prepare_shards({"train": data / "singlecoil_train", "val": data / "singlecoil_val"}, out,
+                   ShardSettings("singlecoil", (32, 32)), volumes_per_part=1, chunk_bytes="64KB", progress=False)
+    return ["--data.format", "shards", "--data.data_path", str(out)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["hdf5", "shards"])
+def test_sigkill_mid_epoch_resume_sees_the_batches_it_had_not_seen(data, tmp_path, fmt):
+    """Killed after a mid-epoch checkpoint (step 4 of 3 per epoch), the resumed run trains on exactly the
+    batches (slices and masks) the uninterrupted run trained on from there, and ends with its weights.
+    Before, the loader restarted the epoch: it repeated the epoch's first batches with other masks."""
+    fmt_args = _shards(data, tmp_path / "shards") if fmt == "shards" else []
+    every = ["--checkpoint.last_every_n_steps", "1", *fmt_args]
+    record = lambda path: ["--trainer.callbacks+", "helpers.slow_callback.RecordBatches",  # noqa: E731
+                           "--trainer.callbacks.path", str(path)]
+    _run(_args(data, tmp_path / "a", 2, every + record(tmp_path / "a.txt")), tmp_path)
+
+    run = tmp_path / "killed"
+    slow = ["--trainer.callbacks+", "helpers.slow_callback.SlowTraining", "--trainer.callbacks.seconds", "0.5"]
+    proc = subprocess.Popen(_args(data, run, 2, every + record(tmp_path / "b.txt") + slow), env=_env(), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last, step, deadline = run / "checkpoints" / "last.ckpt", -1, time.time() + 300
+    while step < 4 and proc.poll() is None and time.time() < deadline:
+        if last.exists():
+            step = load_checkpoint(last)["global_step"]
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-3000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = load_checkpoint(last)
+    assert killed["global_step"] % 3 != 0, killed["global_step"]  # mid-epoch
+    before_kill = len((tmp_path / "b.txt").read_text().splitlines())
+    _run(_args(data, run, 2, every + record(tmp_path / "b.txt") + ["--ckpt_path", "last"]), tmp_path)
+
+    resumed_batches = (tmp_path / "b.txt").read_text().splitlines()[before_kill:]
+    uninterrupted = (tmp_path / "a.txt").read_text().splitlines()
+    # "epoch step [files] [slices] mask checksum" of each batch: the same from the checkpoint on
+    assert resumed_batches == uninterrupted[killed["global_step"]:]
+    a, resumed = _weights(tmp_path / "a"), _weights(run)
+    assert resumed["global_step"] == a["global_step"] == 6
+    for key in a["state_dict"]:
+        torch.testing.assert_close(resumed["state_dict"][key], a["state_dict"][key], rtol=1e-5, atol=1e-6)
