@@ -21,6 +21,7 @@ from .harness import CPU_FULL_BUDGET, Bench, ru_maxrss_mib
 from .inference import evaluate_targets, section_inference
 from .kspace import section_degradation, section_fft
 from .model import section_memory, section_model
+from .pipeline import H200_SLICES_PER_S, section_pipeline
 from .sense import section_sense
 from .report import jsonable, print_tables
 
@@ -32,6 +33,7 @@ SECTION_FUNCS: Dict[str, Callable[[Bench], Dict[str, Any]]] = {
     "model": section_model,
     "inference": section_inference,
     "memory": section_memory,
+    "pipeline": section_pipeline,
 }
 SECTIONS = tuple(SECTION_FUNCS)
 
@@ -84,6 +86,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="time budget (s) of the model and of the inference section each; default: "
         f"{CPU_FULL_BUDGET['model']:.0f}/{CPU_FULL_BUDGET['inference']:.0f} s on the CPU in full "
         "mode, unlimited otherwise",
+    )
+    parser.add_argument(
+        "--feed-rate", type=float, default=H200_SLICES_PER_S,
+        help="slices/s a GPU consumes, for the pipeline section's workers needed "
+        f"(default {H200_SLICES_PER_S}: ICONet compiled bf16, batch 8, one H200)",
     )
     parser.add_argument(
         "--wait-quiet",

@@ -67,6 +67,9 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         "sense_batch": 8,
         "sense_lr": 160,
         "sense_coils": [1, 15],
+        "pipe_cases": [("knee multi-coil", 15, (640, 368), 320), ("brain multi-coil", 16, (640, 320), 320)],
+        "pipe_volumes": 2,
+        "pipe_slices": 4,
         "warmup": 1,
     },
     "quick": {
@@ -101,6 +104,9 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         "sense_batch": 4,
         "sense_lr": 64,
         "sense_coils": [1, 15],
+        "pipe_cases": [("knee multi-coil", 15, (640, 368), 320)],
+        "pipe_volumes": 1,
+        "pipe_slices": 3,
         "warmup": 1,
     },
     "tiny": {
@@ -134,6 +140,9 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         "sense_batch": 2,
         "sense_lr": 16,
         "sense_coils": [1, 4],
+        "pipe_cases": [("knee multi-coil (tiny)", 4, (64, 46), 32)],
+        "pipe_volumes": 1,
+        "pipe_slices": 2,
         "warmup": 1,
     },
 }

@@ -152,6 +152,25 @@ def print_tables(b: Bench, results: Dict[str, Any]) -> str:
                 ],
             )
         )
+    s = status("pipeline")
+    if s:
+        out.append(s)
+    elif "pipeline" in results:
+        sec = results["pipeline"]
+        out.append(f"\n### Data pipeline, per data-loader worker (1 thread, files in the page cache; "
+                   f"workers to feed {sec['feed_rate']} slices/s)")
+        out.append(
+            markdown_table(
+                ["case", "format", "slices/s", "CPU ms/slice", "MB/slice (read per epoch)",
+                 "x HDF5 speed", "x fewer bytes", "workers to feed", "prepare ms/slice"],
+                [
+                    [r["case"], r["format"], r["slices_per_s"], r["cpu_ms_per_slice"],
+                     r["stored_bytes_per_slice"] / 1e6, r["speedup_vs_hdf5"], r["bytes_vs_hdf5"],
+                     r["workers_to_feed"], r["prepare_ms_per_slice"]]
+                    for r in sec["rows"]
+                ],
+            )
+        )
     s = status("model")
     if s:
         out.append(s)

@@ -121,17 +121,62 @@ def normalise_maps(images: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return torch.where(norm > eps, images / norm.clamp_min(eps), torch.zeros_like(images))
 
 
-def espirit_maps(kspace: np.ndarray, calib_width: int, thresh: float = 0.02, crop: float = 0.95) -> np.ndarray:
+#: sigpy's ESPIRiT kernel width (``EspiritCalib(kernel_width=6)``).
+ESPIRIT_KERNEL = 6
+#: A map set with ``Σ_c |S_c|²`` below this inside the object has a hole there (ESPIRiT's maps are ~1 on signal).
+ESPIRIT_MIN_ENERGY = 0.5
+
+
+def espirit_maps(kspace: np.ndarray, calib_width: int, thresh: float = 0.02, crop: float = 0.95,
+                 where: str = "", check: bool = True) -> np.ndarray:
     """ESPIRiT maps (``sigpy.mri.app.EspiritCalib``) of one slice's acquired k-space ``(C, h, w)``.
 
     ``calib_width`` is the side of the centred calibration square (the fully
     sampled centre). Maps are zero where ESPIRiT finds no signal (``crop``).
+
+    Refused (``ValueError`` naming ``where`` and the numbers), never silent holes:
+
+    * a calibration region narrower than twice the 6x6 kernel: its calibration
+      matrix is too small to find the coils' subspace (measured on the 64x64
+      brain phantom with 8 coils: 10 lines gave maps that vanish over 97 % of
+      the object, projector error 0.99; 12 lines 1.8 %, 0.14; 14 lines none, 0.02);
+    * maps whose ``Σ_c |S_c|²`` falls below 0.5 anywhere inside the object (the
+      pixels above 20 % of the maximum of the calibration region's low-resolution
+      RSS image), which is what a too-small region does near that limit.
+
+    ``check=False`` skips both (timing ESPIRiT on random data, ``scripts/benchmark.py``).
     """
     from sigpy.mri.app import EspiritCalib
 
     kspace = np.asarray(kspace, dtype=np.complex64)
-    return EspiritCalib(kspace, calib_width=int(calib_width), thresh=thresh, crop=crop,
+    calib_width = int(calib_width)
+    label = f"{where}: " if where else ""
+    if check and calib_width < 2 * ESPIRIT_KERNEL:
+        raise ValueError(
+            f"{label}ESPIRiT needs a calibration region of at least {2 * ESPIRIT_KERNEL} fully sampled lines for its "
+            f"{ESPIRIT_KERNEL}x{ESPIRIT_KERNEL} kernel; this one has {calib_width} (its maps would vanish over "
+            f"parts of the object): acquire more centre lines (center_fractions) or use coil_maps rss"
+        )
+    maps = EspiritCalib(kspace, calib_width=calib_width, thresh=thresh, crop=crop,
                         show_pbar=False).run().astype(np.complex64)
+    if not check:
+        return maps
+    h, w = kspace.shape[-2:]
+    block = np.zeros_like(kspace)
+    r0, c0 = (h - min(calib_width, h)) // 2, (w - min(calib_width, w)) // 2
+    block[:, r0:r0 + calib_width, c0:c0 + calib_width] = kspace[:, r0:r0 + calib_width, c0:c0 + calib_width]
+    low = np.sqrt((np.abs(np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(block, axes=(-2, -1))),
+                                          axes=(-2, -1))) ** 2).sum(0))
+    inside = low > 0.2 * low.max()
+    energy = (np.abs(maps) ** 2).sum(0)
+    holes = inside & (energy < ESPIRIT_MIN_ENERGY)
+    if holes.any():
+        raise ValueError(
+            f"{label}ESPIRiT maps from a {calib_width}-line calibration region vanish over {holes.mean() / inside.mean():.1%} "
+            f"of the object (min Σ|S|² there {energy[inside].min():.2g} < {ESPIRIT_MIN_ENERGY}): the region is too small "
+            f"for this coil array; acquire more centre lines or use coil_maps rss"
+        )
+    return maps
 
 
 def espirit_maps_cached(

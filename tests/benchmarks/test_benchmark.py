@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "benchmark.py"
-SECTIONS = ("fft", "degradation", "sense", "model", "inference", "memory")
+SECTIONS = ("fft", "degradation", "sense", "model", "inference", "memory", "pipeline")
 ENV_FIELDS = ("device", "device_name", "torch", "cuda", "threads")
 
 
@@ -52,6 +52,13 @@ def test_every_section_present_without_errors(report):
         # The section times the inference code users run, from a checkpoint.
         assert row["code_path"] == "iconet_fastmri.inference.run_inference", row
         assert row["method"] == "checkpoint", row
+    pipe = report["pipeline"]["rows"]
+    assert {r["format"] for r in pipe} == {"hdf5", "shards", "shards float16"}
+    for r in pipe:  # per worker: a rate, CPU time, bytes, and the workers it takes to feed a GPU
+        assert r["slices_per_s"] > 0 and r["cpu_ms_per_slice"] > 0 and r["workers_to_feed"] >= 1
+        assert r["stored_bytes_per_slice"] > 0
+    hdf5 = next(r for r in pipe if r["format"] == "hdf5")
+    assert hdf5["stored_bytes_per_slice"] > next(r for r in pipe if r["format"] == "shards")["stored_bytes_per_slice"]
     model = report["model"]
     assert model["summary"] and all(s["params"] > 0 for s in model["summary"])
     assert all(s["gflops_fwd_per_slice"] > 0 for s in model["summary"])
@@ -75,7 +82,7 @@ def test_environment_fields_in_every_row(report):
 def test_compared_pairs_agree(report):
     corr = report["correctness"]
     sections = {c["section"] for c in corr}
-    assert {"fft", "degradation", "sense"} <= sections
+    assert {"fft", "degradation", "sense", "pipeline"} <= sections
     quantities = {c["quantity"] for c in corr if c["section"] == "degradation"}
     assert {
         "hr_target",

@@ -1,0 +1,61 @@
+"""Training order and draws: per (seed, epoch, sample), so workers, ranks and resumes agree."""
+
+
+import pytest
+import torch
+
+from iconet_fastmri.data.samplers import EpochSampler, ResumableLoader, training_seed
+from iconet_fastmri.pl_modules import IconetDataModule
+
+from helpers.runs import write_tiny_fit_data
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_tiny_fit_data(tmp_path_factory.mktemp("samplers"))
+
+
+def _training_batches(data, workers, epoch=0):
+    dm = IconetDataModule(data_path=str(data), hr_crop=(32, 32), batch_size=2, num_workers=workers,
+                          use_dataset_cache=False, patch_size=(16, 32))
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(epoch)
+    return [(list(b.fname), b.slice_num.tolist(), b.mask.clone(), b.patch.clone()) for b in loader]
+
+
+def test_training_masks_and_patches_do_not_depend_on_the_number_of_workers(data):
+    """Before, each worker drew from its own stream: 0, 1 and 2 workers gave different masks."""
+    runs = [_training_batches(data, w) for w in (0, 1, 2)]
+    for other in runs[1:]:
+        for (f0, s0, m0, p0), (f1, s1, m1, p1) in zip(runs[0], other):
+            assert (f0, s0) == (f1, s1) and torch.equal(m0, m1) and torch.equal(p0, p1)
+    epoch1 = _training_batches(data, 0, epoch=1)
+    assert any(not torch.equal(a[2], b[2]) for a, b in zip(runs[0], epoch1))  # fresh draws each epoch
+
+
+def test_a_resumed_sampler_skips_what_the_checkpoint_consumed():
+    dataset = type("D", (), {"__len__": lambda self: 7})()
+    sampler = EpochSampler(dataset, num_replicas=1, rank=0, seed=3)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    sampler.resume_at(2, 4)
+    assert list(sampler) == full[4:]
+    sampler.set_epoch(3)  # the next epoch is whole
+    assert len(list(sampler)) == 7
+    assert training_seed(0, 1, 5) != training_seed(0, 2, 5) != training_seed(0, 1, 6)
+
+
+def test_the_loader_state_round_trips_and_a_foreign_state_is_refused():
+    dataset = type("D", (), {"__len__": lambda self: 6, "__getitem__": lambda self, i: i})()
+    sampler = EpochSampler(dataset, num_replicas=1, rank=0, seed=0)
+    loader = ResumableLoader(dataset, batch_size=2, sampler=sampler, progress=lambda: (1, 2))
+    state = loader.state_dict()
+    assert state == {"sampler": "EpochSampler", "epoch": 1, "samples": 4}
+    fresh = ResumableLoader(dataset, batch_size=2, sampler=EpochSampler(dataset, 1, 0, 0), progress=lambda: (0, 0))
+    fresh.load_state_dict(state)
+    fresh.sampler.set_epoch(1)
+    sampler.set_epoch(1)
+    assert [b.tolist() for b in fresh] == [b.tolist() for b in loader][2:]
+    with pytest.raises(ValueError, match="not ours"):
+        fresh.load_state_dict({"epoch": 1})
