@@ -126,7 +126,7 @@ def reconstruct_acquired(
         model_grid_kspace(scan, 0, scale, scan.recon, with_mask=needs_mask)
     device_t = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     module = module.to(device_t).eval()
-    estimator = module.acquisition.estimate_maps if module.map_net is None else module.map_net
+    estimator = module.map_estimator()
     written, rows = [], []
     with torch.inference_mode():
         for scan, rate in zip(scans, rates):

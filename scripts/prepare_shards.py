@@ -63,6 +63,10 @@ def main(argv=None) -> int:
     p.add_argument("--pad_if_smaller", action="store_true", help="zero-pad images smaller than --hr_crop")
     p.add_argument("--precision", choices=PRECISIONS, default="complex64",
                    help="float16: half the bytes (docs/SHARDS.md has its effect on the metrics)")
+    p.add_argument("--espirit_scale", type=int, default=None,
+                   help="also store ESPIRiT maps of the LR k-space at this scale (coil_maps: espirit; slow)")
+    p.add_argument("--espirit_center_fraction", type=float, default=None,
+                   help="the training mask's center fraction: the maps use round(W/s * cf) central lines, as it acquires")
     p.add_argument("--volumes_per_part", type=int, default=16, help="whole volumes per part (the unit of resuming)")
     p.add_argument("--chunk_bytes", default="256MB", help="litdata chunk size")
     p.add_argument("--skip_bad_files", action="store_true", help="leave out bad files (named) instead of stopping")
@@ -70,7 +74,12 @@ def main(argv=None) -> int:
     if args.volumes_per_part < 1:
         raise ValueError(f"--volumes_per_part must be >= 1, got {args.volumes_per_part}")
     sources = _sources(args)
-    settings = ShardSettings(args.challenge, tuple(args.hr_crop), args.pad_if_smaller, args.precision)
+    espirit = None
+    if (args.espirit_scale is None) != (args.espirit_center_fraction is None):
+        raise ValueError("ESPIRiT maps need both --espirit_scale and --espirit_center_fraction")
+    if args.espirit_scale is not None:
+        espirit = (args.espirit_scale, round(args.hr_crop[1] // args.espirit_scale * args.espirit_center_fraction))
+    settings = ShardSettings(args.challenge, tuple(args.hr_crop), args.pad_if_smaller, args.precision, espirit)
     start = time.perf_counter()
     manifest = prepare_shards(sources, args.out, settings, args.volumes_per_part, args.chunk_bytes,
                               args.skip_bad_files)

@@ -63,7 +63,16 @@ def collate_samples(samples: Sequence[IconetSample]) -> IconetSample:
         max_value=torch.tensor([float(s.max_value) for s in samples], dtype=torch.float64),
         num_low_frequencies=torch.tensor([int(s.num_low_frequencies) for s in samples]),
         patch=_patches(samples),
+        maps=_maps(samples, coils),
     )
+
+
+def _maps(samples: Sequence[IconetSample], coils: int):
+    """``(B, C, h, w)`` stored coil maps (coils zero-padded like the images); ``None`` unless every sample has them."""
+    if any(s.maps is None for s in samples):
+        return None
+    return torch.stack([torch.cat([s.maps, s.maps.new_zeros(coils - s.maps.shape[0], *s.maps.shape[1:])])
+                        for s in samples])
 
 
 def _patches(samples: Sequence[IconetSample]):

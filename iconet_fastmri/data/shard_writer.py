@@ -16,16 +16,37 @@ from typing import Any, Callable, Dict, List, Sequence
 
 import h5py
 import numpy as np
+import torch
 from fastmri.data.mri_data import FastMRIRawDataSample
 
 from ..io import atomic_write_json, check_outputs_apart
 from .dataset import IconetSliceDataset
 from .shards import MANIFEST, SHARD_FORMAT, SHARD_VERSION, ShardSetError, ShardSettings, encode_slice, read_manifest
 from .transforms import file_target, hr_coil_images
+from ..physics.fft import fft2c
+from ..physics.operators import crop_kspace
+from ..physics.sense import espirit_maps
 
 __all__ = ["prepare_shards"]
 
 _PART = "part-{:05d}"
+
+
+def lr_espirit_maps(images: torch.Tensor, settings: ShardSettings, where: str) -> torch.Tensor:
+    """ESPIRiT maps on the LR grid of ``settings.espirit = (scale, lines)`` from HR-grid coil images.
+
+    The LR k-space is the truncation's central ``hr_crop / scale`` block (``crop_kspace``, the
+    acquisition's own rule); its calibration region is the full-height band of the ``lines``
+    central columns (fastMRI's 1D masks acquire it whole). A region too small for ESPIRiT is
+    refused, naming the slice (:func:`~iconet_fastmri.physics.sense.espirit_maps`).
+    """
+    scale, lines = settings.espirit
+    lr = (settings.hr_crop[0] // scale, settings.hr_crop[1] // scale)
+    kspace = crop_kspace(fft2c(images), lr)
+    band = torch.zeros(lr[1])
+    start = (lr[1] - lines + 1) // 2  # centred like fastMRI's mask functions: (w - lines + 1) // 2
+    band[start:start + lines] = 1
+    return torch.from_numpy(espirit_maps((kspace * band).numpy(), lines, where=where))
 
 
 def _volume_entry(dataset: IconetSliceDataset, fname: str, samples: List[FastMRIRawDataSample]) -> Dict[str, Any]:
@@ -67,7 +88,8 @@ def _write_part(dataset: IconetSliceDataset, volumes: Dict[str, List[FastMRIRawD
             for i in slices:
                 images, padded = hr_coil_images(f["kspace"][i], settings.hr_crop, settings.pad_if_smaller, fname, i)
                 target = file_target(f[dataset.recons_key][i] if has_target else None, settings.hr_crop, padded)
-                writer.add_item(index, encode_slice(images, target, i, settings.precision))
+                maps = None if settings.espirit is None else lr_espirit_maps(images, settings, f"{fname}, slice {i}")
+                writer.add_item(index, encode_slice(images, target, i, settings.precision, maps))
                 index += 1
                 progress(1)
     writer.done()

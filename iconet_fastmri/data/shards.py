@@ -93,6 +93,9 @@ class ShardSettings:
     hr_crop: Tuple[int, int]
     pad_if_smaller: bool = False
     precision: str = "complex64"
+    #: ``(scale, calibration lines)``: also store ESPIRiT maps of each slice's LR k-space (the central
+    #: ``hr_crop / scale`` block, the full-height band of the central lines), for ``coil_maps: espirit``.
+    espirit: Optional[Tuple[int, int]] = None
 
     def __post_init__(self) -> None:
         if self.challenge not in ("singlecoil", "multicoil"):
@@ -100,10 +103,17 @@ class ShardSettings:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         object.__setattr__(self, "hr_crop", (int(self.hr_crop[0]), int(self.hr_crop[1])))
+        if self.espirit is not None:
+            scale, lines = (int(v) for v in self.espirit)
+            if self.challenge != "multicoil" or scale < 1 or self.hr_crop[0] % scale or self.hr_crop[1] % scale:
+                raise ValueError(f"ESPIRiT maps need multicoil data and a scale dividing hr_crop {self.hr_crop}, "
+                                 f"got {self.challenge}, scale {scale}")
+            object.__setattr__(self, "espirit", (scale, lines))
 
     def as_json(self) -> Dict[str, Any]:
         d = asdict(self)
         d["hr_crop"] = list(self.hr_crop)
+        d["espirit"] = None if self.espirit is None else list(self.espirit)
         return d
 
 
@@ -117,8 +127,9 @@ def _join(root: str, *names: str) -> str:
 
 
 # ---------------------------------------------------------------------------- items
-def encode_slice(images: torch.Tensor, target: torch.Tensor, slice_num: int, precision: str) -> Dict[str, Any]:
-    """The stored item of one slice (HR-grid coil images, target, slice index)."""
+def encode_slice(images: torch.Tensor, target: torch.Tensor, slice_num: int, precision: str,
+                 maps: Optional[torch.Tensor] = None) -> Dict[str, Any]:
+    """The stored item of one slice (HR-grid coil images, target, slice index, optional LR-grid ESPIRiT maps)."""
     images = images.to(torch.complex64)
     if precision == "float16":
         peak = float(images.abs().max())
@@ -128,13 +139,16 @@ def encode_slice(images: torch.Tensor, target: torch.Tensor, slice_num: int, pre
         scale, stored = 1.0, images
     # A missing target is stored as a 0x0 tensor: litdata fixes a serializer per key from the first item.
     target = target if target.numel() else torch.empty(0, 0)
-    return {"images": stored.contiguous(), "scale": torch.tensor(scale, dtype=torch.float32),
+    item = {"images": stored.contiguous(), "scale": torch.tensor(scale, dtype=torch.float32),
             "target": target.to(torch.float32).contiguous(), "slice": int(slice_num)}
+    if maps is not None:
+        item["maps"] = maps.to(torch.complex64).contiguous()
+    return item
 
 
-def decode_slice(item: Dict[str, Any], where: str) -> Tuple[torch.Tensor, torch.Tensor, int]:
-    """``(images complex64, target, slice)`` of a stored item; a malformed item is a :class:`ShardSetError`."""
-    if not isinstance(item, dict) or set(item) != {"images", "scale", "target", "slice"}:
+def decode_slice(item: Dict[str, Any], where: str) -> Tuple[torch.Tensor, torch.Tensor, int, Optional[torch.Tensor]]:
+    """``(images complex64, target, slice, maps)`` of a stored item; a malformed item is a :class:`ShardSetError`."""
+    if not isinstance(item, dict) or set(item) - {"maps"} != {"images", "scale", "target", "slice"}:
         raise ShardSetError(f"{where}: not an iconet shard item (keys {sorted(item) if isinstance(item, dict) else type(item).__name__})")
     images = item["images"]
     if images.dtype == torch.float16:
@@ -142,7 +156,7 @@ def decode_slice(item: Dict[str, Any], where: str) -> Tuple[torch.Tensor, torch.
     elif images.dtype != torch.complex64:
         raise ShardSetError(f"{where}: images stored as {images.dtype}, expected complex64 or float16")
     target = item["target"]
-    return images, (target if target.numel() else torch.empty(0)), int(item["slice"])
+    return images, (target if target.numel() else torch.empty(0)), int(item["slice"]), item.get("maps")
 
 
 def _safe_serializers() -> Dict[str, Any]:
@@ -245,6 +259,9 @@ class ShardSliceDataset(IconetSliceDataset):
         manifest = read_manifest(self.root, None if cache_dir is None else str(Path(cache_dir)))
         check_settings(manifest, settings, self.root)
         self.precision = manifest["settings"]["precision"]
+        espirit = manifest["settings"].get("espirit")
+        #: ``(scale, calibration lines)`` of the stored ESPIRiT maps, or ``None``.
+        self.espirit: Optional[Tuple[int, int]] = None if espirit is None else (int(espirit[0]), int(espirit[1]))
         entry = manifest["splits"].get(split)
         if entry is None:
             raise ShardSetError(f"{self.root} has no {split!r} split (it has: {', '.join(manifest['splits']) or 'none'})")
@@ -283,6 +300,16 @@ class ShardSliceDataset(IconetSliceDataset):
         self.raw_samples = subsample_slices(self.raw_samples, sample_rate, volume_sample_rate, sample_seed)
         self._parts: Dict[int, Any] = {}
 
+    def check_maps(self, scale: int, calibration_lines: int) -> None:
+        """Stored ESPIRiT maps must come from the run's LR grid and the centre its masks acquire."""
+        if self.espirit is not None and self.espirit != (int(scale), int(calibration_lines)):
+            raise ShardSetError(
+                f"{self.root}: its ESPIRiT maps were computed for scale {self.espirit[0]} from {self.espirit[1]} "
+                f"calibration lines; this run is x{scale} and its mask acquires {calibration_lines} centre lines "
+                f"(maps from other lines than the acquired ones): prepare shards with --espirit_scale {scale} "
+                f"and its center fraction"
+            )
+
     def __getstate__(self) -> Dict[str, Any]:
         state = dict(self.__dict__)
         state["_parts"] = {}  # each worker opens its own readers
@@ -300,21 +327,22 @@ class ShardSliceDataset(IconetSliceDataset):
             self._parts[p] = StreamingDataset(url, cache_dir=cache, serializers=_safe_serializers())
         return self._parts[p]
 
-    def read(self, i: int) -> Tuple[torch.Tensor, torch.Tensor, str, int]:
-        """``(HR coil images, target, fname, slice)`` of sample ``i`` as stored."""
+    def read(self, i: int) -> Tuple[torch.Tensor, torch.Tensor, str, int, Optional[torch.Tensor]]:
+        """``(HR coil images, target, fname, slice, maps or None)`` of sample ``i`` as stored."""
         fname, slice_num, _ = self.raw_samples[i]
         name = Path(fname).name
         p, k = self._where[(name, slice_num)]
         where = f"{self.root}/{self.split}/{self.part_names[p]} item {k} ({name}, slice {slice_num})"
-        images, target, stored_slice = decode_slice(self._part(p)[k], where)
+        images, target, stored_slice, maps = decode_slice(self._part(p)[k], where)
         if stored_slice != slice_num:
             raise ShardSetError(f"{where}: holds slice {stored_slice}; the part does not match the manifest")
-        return images, target, name, slice_num
+        return images, target, name, slice_num, maps
 
     def __getitem__(self, i: int):
         reseed_sample(self, i)
-        images, target, name, slice_num = self.read(i)
+        images, target, name, slice_num, maps = self.read(i)
         if self.transform is None:
             return images, target, name, slice_num
         peak = self._max[name]
-        return self.transform.from_images(images, target, None if math.isnan(peak) else {"max": peak}, name, slice_num)
+        return self.transform.from_images(images, target, None if math.isnan(peak) else {"max": peak}, name, slice_num,
+                                          maps)

@@ -61,6 +61,8 @@ class IconetSample(NamedTuple):
         num_low_frequencies: fully sampled centre columns of the mask.
         patch: ``(4,)`` int64 ``(r0, c0, ph, pw)``, the training patch on the HR grid
             (``(0, 0, H, W)``: the whole slice; ``None``: the whole slice, too).
+        maps: precomputed coil maps on the LR grid ``(C, h, w)`` complex64 (ESPIRiT maps that a shard
+            set carries, for ``coil_maps: espirit``), or ``None``.
     """
 
     hr_images: torch.Tensor
@@ -71,6 +73,7 @@ class IconetSample(NamedTuple):
     max_value: float
     num_low_frequencies: int
     patch: Optional[torch.Tensor] = None
+    maps: Optional[torch.Tensor] = None
 
 
 def check_kspace(kspace: Any, fname: str, slice_num: int, key: str = "kspace") -> np.ndarray:
@@ -254,6 +257,7 @@ class IconetDataTransform:
         attrs: Optional[Dict[str, Any]],
         fname: str,
         slice_num: int,
+        maps: Optional[torch.Tensor] = None,
     ) -> IconetSample:
         """The sample of a slice whose HR-grid coil images (:func:`hr_coil_images`) and target
         (:func:`file_target`) are known: what ``__call__`` does after the crop.
@@ -283,4 +287,5 @@ class IconetDataTransform:
             max_value=max_value,
             num_low_frequencies=int(num_low),
             patch=torch.tensor(patch, dtype=torch.int64),
+            maps=maps,
         )

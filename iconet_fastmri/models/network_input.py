@@ -9,16 +9,16 @@ phase-aware loss); nothing is kept between calls.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 
 from ..physics.degradation import Degraded
 from ..physics.fft import ifft2c
 from ..physics.operators import rss
-from ..physics.sense import estimate_maps_rss, sense_combine
+from ..physics.sense import ESPIRIT_KERNEL, estimate_maps_rss, sense_combine
 
-__all__ = ["NetworkInput", "network_input", "measured_input"]
+__all__ = ["NetworkInput", "check_map_settings", "network_input", "measured_input"]
 
 
 @dataclass
@@ -102,3 +102,13 @@ def measured_input(lr_observed: torch.Tensor, mask: torch.Tensor, in_chans: int,
         if maps is not None:
             dc["maps"] = maps
     return NetworkInput(image, maps, dc)
+
+
+def check_map_settings(coil_maps: str, challenge: Optional[str], in_chans: int, acquisition: Any,
+                       hr_crop: Optional[Sequence[int]]) -> None:
+    """At start-up: the run's coil maps (``rss``, ``learned``, ``espirit``) suit its data and its mask."""
+    if coil_maps != "rss" and challenge == "singlecoil":
+        raise ValueError(f"coil_maps={coil_maps!r} needs multicoil data; this run is singlecoil (use coil_maps: rss)")
+    if in_chans == 2 and challenge == "multicoil" and acquisition.mask_func is not None and hr_crop is not None:
+        acquisition.check_calibration(hr_crop, "mode='complex' on multicoil data",  # maps: whole slices
+                                      2 * ESPIRIT_KERNEL if coil_maps == "espirit" else 1)

@@ -122,14 +122,19 @@ class Acquisition(nn.Module):
             if self.mask_func is not None:
                 check_patch_on_grid(self.mask_func, hr, patch, self.scale, name=f"mask {self.mask_name!r}")
 
-    def check_calibration(self, hr_shape: Sequence[int], why: str = "coil maps") -> None:
-        """Coil maps need a fully sampled centre: refuse, at start-up, a mask without one (``why`` says who asks)."""
+    def check_calibration(self, hr_shape: Sequence[int], why: str = "coil maps", min_lines: int = 1) -> None:
+        """Coil maps need a fully sampled centre: refuse, at start-up, a mask without one, or (ESPIRiT)
+        one narrower than ``min_lines`` on the LR grid (``why`` says who asks)."""
         lr = self.lr_shape(hr_shape)
         mask, _ = self.draw_mask(lr, seed=0)
         try:
-            calibration_region(mask[None, None])
+            region = calibration_region(mask[None, None])[0, 0]
         except ValueError as err:
             raise ValueError(f"{why} needs coil maps: mask {self.mask_name!r}: {err}") from err
+        lines = min(int(region.any(dim=-1).sum()), int(region.any(dim=-2).sum()))
+        if lines < min_lines:
+            raise ValueError(f"{why}: mask {self.mask_name!r} acquires a calibration region of {lines} lines on the "
+                             f"LR grid {lr[0]}x{lr[1]}; ESPIRiT needs at least {min_lines} (raise center_fractions)")
 
     def draw_mask(self, lr_shape: Sequence[int], seed: Any = None) -> Tuple[torch.Tensor, int]:
         """One LR-grid mask ``(h, w)`` float32 and its fully sampled centre width.

@@ -57,6 +57,7 @@ __all__ = [
     "normalise_maps",
     "espirit_maps",
     "espirit_maps_cached",
+    "estimate_maps_espirit",
     "sense_combine",
     "maps_on_grid",
     "sense_data_consistency",
@@ -177,6 +178,26 @@ def espirit_maps(kspace: np.ndarray, calib_width: int, thresh: float = 0.02, cro
             f"for this coil array; acquire more centre lines or use coil_maps rss"
         )
     return maps
+
+
+def estimate_maps_espirit(kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """ESPIRiT maps ``(B, C, h, w)`` of a batch of acquired LR k-space, slice by slice on the CPU.
+
+    The same interface as :func:`estimate_maps_rss` (``coil_maps: espirit``). The
+    calibration square's side is the smaller side of each mask's fully sampled
+    centre (:func:`calibration_region`); coils that are all zero (a batch's coil
+    padding) get zero maps. Slow (sigpy, CPU): shards can carry them precomputed
+    (:mod:`iconet_fastmri.data.shards`).
+    """
+    region = calibration_region(mask)
+    out = torch.zeros(kspace.shape, dtype=torch.complex64)
+    k_all = kspace.detach().to("cpu", torch.complex64).numpy()
+    for i in range(kspace.shape[0]):
+        calib = min(int(region[i, 0].any(dim=-1).sum()), int(region[i, 0].any(dim=-2).sum()))
+        coils = np.flatnonzero(np.abs(k_all[i]).reshape(k_all.shape[1], -1).max(axis=1) > 0)
+        maps = espirit_maps(k_all[i][coils], calib, where=f"batch slice {i}")
+        out[i, torch.from_numpy(coils)] = torch.from_numpy(maps)
+    return out.to(kspace.device)
 
 
 def espirit_maps_cached(

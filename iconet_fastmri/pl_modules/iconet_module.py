@@ -1,10 +1,8 @@
 """ICONet (or any :class:`~iconet_fastmri.models.SRModel`) trained on k-space-simulated LR acquisitions.
 
 Per batch, on the device: the run's :class:`~iconet_fastmri.physics.acquisition.Acquisition`
-simulates the LR input and all targets (FFTs in float32 under ``bf16-mixed``),
-:func:`~iconet_fastmri.models.network_input.network_input` forms the network's input
-(coil maps included), the model runs, :class:`~iconet_fastmri.losses.MultiStageLoss`
-compares every stage. Per-volume evaluation is :class:`~.mri_module.MriModule`'s;
+simulates the LR input and all targets (FFTs in float32 under ``bf16-mixed``), ``network_input``
+forms the network's input (coil maps included), the model runs, ``MultiStageLoss`` compares every stage. Per-volume evaluation is :class:`~.mri_module.MriModule`'s;
 the bicubic-on-zero-filled baseline is scored alongside (``val/psnr_bicubic`` ...).
 """
 
@@ -21,9 +19,10 @@ from ..losses import MultiStageLoss, complex_stage_targets
 from ..models import MODELS, BicubicSR, SRModel, model_spec
 from ..models.coil_maps import LearnedMaps
 from ..models.common import SROutput, magnitude
-from ..models.network_input import NetworkInput, network_input
+from ..models.network_input import NetworkInput, check_map_settings, network_input
 from ..models.patches import cut_patches, warn_window_statistics
 from ..physics.acquisition import Acquisition, Degraded
+from ..physics.sense import estimate_maps_espirit
 from .mri_module import EvalBatch, MriModule
 from .optim import adam_with_cosine
 
@@ -52,9 +51,9 @@ class IconetModule(MriModule):
         compile: ``torch.compile`` the model's forward (weights stay under ``model.``).
         channels_last: weights and input in ``torch.channels_last`` (NHWC), cuDNN's bf16 layout; on an
             H200 it took bf16 + compile from 1.57x to 2.03x eager fp32 (docs/GPU.md).
-        coil_maps: maps of complex multi-coil runs (SENSE input, DC): ``"rss"``, estimated from the
-            calibration lines, or ``"learned"``, that estimate refined by a U-Net trained with the
-            model (:class:`~iconet_fastmri.models.coil_maps.LearnedMaps`, weights under ``map_net.``).
+        coil_maps: maps of complex multi-coil runs (SENSE input, DC) from the calibration lines: ``"rss"``;
+            ``"learned"``, refined by a U-Net trained with the model (``models/coil_maps.py``, ``map_net.``);
+            ``"espirit"``, the batch's own when shards carry them, else computed per slice (sigpy, slow).
         map_chans, map_pools: width and depth of the learned refinement's U-Net.
         lambda_phase: complex mode only: weight of a phase-aware term, the same multi-stage
             L1 on the (real, imag) channels against complex targets
@@ -79,7 +78,7 @@ class IconetModule(MriModule):
         compile: bool = False,
         channels_last: bool = False,
         lambda_phase: float = 0.0,
-        coil_maps: Literal["rss", "learned"] = "rss",
+        coil_maps: Literal["rss", "learned", "espirit"] = "rss",
         map_chans: int = 8,
         map_pools: int = 4,
     ) -> None:
@@ -91,11 +90,11 @@ class IconetModule(MriModule):
             raise TypeError(f"model must be an iconet_fastmri.models.SRModel (got {type(model).__name__}); "
                             f"see docs/ARCHITECTURE.md, 'Add a model'")
         for name, value, choices in (("mode", mode, ("magnitude", "complex")),
-                                     ("scheduler", scheduler, ("cosine", "none")), ("coil_maps", coil_maps, ("rss", "learned"))):
+                                     ("scheduler", scheduler, ("cosine", "none")), ("coil_maps", coil_maps, ("rss", "learned", "espirit"))):
             if value not in choices:  # the CLI checks these Literals; direct construction is checked here
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-        if coil_maps == "learned" and mode != "complex":
-            raise ValueError("coil_maps='learned' serves complex multi-coil runs: set mode: complex (or coil_maps: rss)")
+        if coil_maps != "rss" and mode != "complex":
+            raise ValueError(f"coil_maps={coil_maps!r} serves complex multi-coil runs: set mode: complex (or coil_maps: rss)")
         if lambda_phase < 0 or (lambda_phase > 0 and mode != "complex"):
             raise ValueError(f"lambda_phase must be >= 0 (got {lambda_phase}) and supervises a complex output: set mode: complex")
         self.in_chans = 1 if mode == "magnitude" else 2
@@ -122,8 +121,7 @@ class IconetModule(MriModule):
         if self.hparams.compile and self._compiled is None:
             if self.device.type == "cpu":  # measured: inductor's warm-up took over 150 s for ICONet
                 log.warning("torch.compile on the CPU: its warm-up costs more than a short CPU run saves")
-            # Kept out of the module tree, so checkpoints keep the plain "model." keys.
-            object.__setattr__(self, "_compiled", torch.compile(self.model))
+            object.__setattr__(self, "_compiled", torch.compile(self.model))  # not a child: keys stay "model."
 
     def _use_acquisition(self, acquisition: Acquisition) -> None:
         if acquisition.scale != self.model.scale:  # the one place where network and acquisition meet
@@ -135,19 +133,21 @@ class IconetModule(MriModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if not self._own_acquisition and isinstance(getattr(dm, "acquisition", None), Acquisition):
             self._use_acquisition(dm.acquisition)  # built without the CLI: the data module's, as the CLI passes it
-        challenge = getattr(dm, "challenge", None)
         warn_window_statistics(self.model, getattr(dm, "patch_size", None) if stage == "fit" else None)
-        if self.map_net is not None and challenge == "singlecoil":
-            raise ValueError("coil_maps='learned' needs multicoil data; this run is singlecoil (use coil_maps: rss)")
-        if self.in_chans == 2 and challenge == "multicoil" and self.acquisition.mask_func is not None:
-            self.acquisition.check_calibration(dm.hr_crop, "mode='complex' on multicoil data")  # maps: whole slices
+        check_map_settings(self.hparams.coil_maps, getattr(dm, "challenge", None), self.in_chans, self.acquisition,
+                           getattr(dm, "hr_crop", None))
 
     def degrade(self, batch: IconetSample) -> Degraded:  # the acquisition of a collated batch
         return self.acquisition.simulate(batch.hr_images, batch.mask)
 
-    def model_input(self, deg: Degraded) -> NetworkInput:  # coil maps travel in it, not on self
-        maps = self.acquisition.estimate_maps if self.map_net is None else self.map_net
-        return network_input(deg, self.in_chans, self.uses_dc, maps)
+    def map_estimator(self, maps: Optional[torch.Tensor] = None):  # (kspace, mask) -> maps; ``maps``: stored
+        if maps is not None and self.hparams.coil_maps == "espirit":
+            return lambda kspace, mask: maps.to(kspace.device)
+        return {"rss": self.acquisition.estimate_maps, "learned": self.map_net, "espirit": estimate_maps_espirit}[
+            self.hparams.coil_maps]
+
+    def model_input(self, deg: Degraded, maps: Optional[torch.Tensor] = None) -> NetworkInput:  # maps travel in it
+        return network_input(deg, self.in_chans, self.uses_dc, self.map_estimator(maps))
 
     def forward(self, inputs: NetworkInput) -> SROutput:
         x = inputs.image.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else inputs.image
@@ -161,7 +161,7 @@ class IconetModule(MriModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: IconetSample, batch_idx: int) -> torch.Tensor:
         deg = self.degrade(batch)  # whole slices, also with data.patch_size (models/patches.py)
-        inputs = self.model_input(deg)
+        inputs = self.model_input(deg, batch.maps)
         phase_targets = complex_stage_targets(batch.hr_images, deg, inputs.maps) if self.hparams.lambda_phase > 0 else ()
         deg, inputs, phase_targets = cut_patches(deg, inputs, batch.patch, self.model.norm_eps, phase_targets)
         out = self(inputs)
@@ -186,7 +186,7 @@ class IconetModule(MriModule):
     # ------------------------------------------------------------------ evaluation (MriModule)
     def evaluate_batch(self, batch: IconetSample) -> EvalBatch:
         deg = self.degrade(batch)
-        out = self(self.model_input(deg))
+        out = self(self.model_input(deg, batch.maps))
         loss, _ = self.loss_fn(out, deg.stage_targets, deg.rec_targets)
         prior = self.magnitude(out.rec_stages[0])[:, 0] if out.rec_stages else None
         return EvalBatch(
@@ -196,4 +196,4 @@ class IconetModule(MriModule):
         )
 
     def reconstruct(self, batch: IconetSample) -> torch.Tensor:
-        return self.magnitude(self(self.model_input(self.degrade(batch))).sr)[:, 0]
+        return self.magnitude(self(self.model_input(self.degrade(batch), batch.maps)).sr)[:, 0]

@@ -229,3 +229,68 @@ def test_the_data_module_reads_shards_as_it_reads_hdf5(multicoil_dir, multicoil_
 @pytest.mark.skipif(os.name != "posix", reason="POSIX paths")
 def test_prepare_writes_nothing_into_the_source(multicoil_dir, multicoil_shards):
     assert sorted(p.suffix for p in multicoil_dir.iterdir()) == [".h5", ".h5"]
+
+
+@pytest.fixture(scope="module")
+def espirit_shards(tmp_path_factory):
+    """Multi-coil 128x128 volumes (4 coils) and shards carrying ESPIRiT maps for x2 with 16 centre lines."""
+    root = tmp_path_factory.mktemp("esp")
+    write_fastmri_dataset(root / "multicoil_val", "multicoil", num_volumes=1, slices=2, recon_size=(128, 128),
+                          num_coils=4, seed=6)
+    settings = ShardSettings("multicoil", (128, 128), espirit=(2, 16))
+    prepare_shards({"val": root / "multicoil_val"}, root / "shards", settings, progress=False)
+    return root
+
+
+def _espirit_dm(root, center_fraction=0.25, **kw):
+    mask = MaskConfig(name="equispaced", center_fractions=[center_fraction], accelerations=[4])
+    return IconetDataModule(data_path=str(root / "shards"), format="shards", challenge="multicoil", scale=2,
+                            mask=mask, hr_crop=(128, 128), batch_size=2, num_workers=0, **kw)
+
+
+def test_shards_carry_espirit_maps_of_the_acquired_calibration_lines(espirit_shards, monkeypatch):
+    from iconet_fastmri.models import ICONet
+    from iconet_fastmri.physics import sense
+    from iconet_fastmri.physics.operators import rss
+    from iconet_fastmri.pl_modules import IconetModule
+    import iconet_fastmri.pl_modules.iconet_module as module_file
+
+    dm = _espirit_dm(espirit_shards)
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    assert batch.maps is not None and batch.maps.shape == (2, 4, 64, 64)
+    module = IconetModule(ICONet(scale=2, width=8, blocks_per_stage=1, in_chans=2), acquisition=dm.acquisition,
+                          mode="complex", coil_maps="espirit")
+    deg = module.degrade(batch)
+    # The same ESPIRiT computed on the fly from the simulated acquisition (its calibration region: these 16 lines).
+    assert int(sense.calibration_region(batch.mask)[0, 0, 0].sum()) == 16
+    fresh = sense.estimate_maps_espirit(deg.lr_observed, batch.mask)
+    torch.testing.assert_close(batch.maps, fresh, rtol=0, atol=2e-4)
+    # SENSE-combining the LR coil images with the stored maps gives their RSS inside the object.
+    lr_images = sense.ifft2c(sense.crop_kspace(sense.fft2c(batch.hr_images), (64, 64)))
+    combined, reference = sense.sense_combine(lr_images, batch.maps).abs()[:, 0], rss(lr_images)[:, 0]
+    inside = reference > 0.2 * reference.amax(dim=(-2, -1), keepdim=True)
+    assert float(((combined - reference).abs()[inside] / reference[inside]).max()) < 0.05
+    # Training uses the stored maps: nothing is recomputed.
+    monkeypatch.setattr(module_file, "estimate_maps_espirit", lambda *a: pytest.fail("ESPIRiT recomputed"))
+    assert torch.equal(module.model_input(deg, batch.maps).maps, batch.maps)
+    assert torch.isfinite(module.training_step(batch, 0))
+
+
+def test_espirit_maps_from_other_lines_than_the_run_acquires_are_refused(espirit_shards):
+    with pytest.raises(ShardSetError, match="from 16 calibration lines; this run is x2 and its mask acquires 5"):
+        _espirit_dm(espirit_shards, center_fraction=0.08).setup("validate")
+    with pytest.raises(ValueError, match="ESPIRiT needs a calibration region of at least 12.*has 8"):
+        prepare_shards({"val": espirit_shards / "multicoil_val"}, espirit_shards / "too_few",
+                       ShardSettings("multicoil", (128, 128), espirit=(2, 8)), progress=False)
+
+
+def test_a_run_with_espirit_maps_refuses_a_mask_with_too_few_centre_lines_at_start_up():
+    from iconet_fastmri.models.network_input import check_map_settings
+
+    acquisition = Acquisition(2, MaskConfig(center_fractions=[0.08], accelerations=[4]))
+    with pytest.raises(ValueError, match="calibration region of 5 lines on the LR grid 64x64; ESPIRiT needs at least 12"):
+        check_map_settings("espirit", "multicoil", 2, acquisition, (128, 128))
+    check_map_settings("rss", "multicoil", 2, acquisition, (128, 128))  # the RSS estimate works from 5 lines
+    with pytest.raises(ValueError, match="needs multicoil data"):
+        check_map_settings("espirit", "singlecoil", 2, acquisition, (128, 128))
