@@ -82,7 +82,9 @@ def adopt_checkpoint_architecture(
     (``--data.scale 2`` with a x4 checkpoint). ``typed`` holds the dotted keys
     the user set (:func:`typed_settings`); ``None``: a value other than the
     default counts as set. ``data.scale`` and ``model.mode`` are checked the
-    same way against the checkpoint's scale and input channels. Every other
+    same way against the checkpoint's scale and input channels. A model's
+    ``RUNTIME_ARGS`` (how it is run, not its weights: ``UnetSR.eval_window``)
+    take the user's value where one was set. Every other
     hyperparameter (output paths, learning rate, ...) comes from the user alone.
     """
     spec = hparams.get("model")
@@ -116,8 +118,12 @@ def adopt_checkpoint_architecture(
         else:
             user_args = _plain(user.get("init_args")) or {}
     merged = dict(ckpt_args)
+    runtime = set(getattr(cls, "RUNTIME_ARGS", ()))  # how the network is run, not its weights: the user's wins
+    for key in runtime & set(user_args):
+        if was_set(f"model.model.init_args.{key}", user_args[key], defaults.get(key, _NO_DEFAULT)):
+            merged[key] = user_args[key]
     for key, value in ckpt_args.items():
-        if key in ("scale", "in_chans") or key not in user_args:
+        if key in ("scale", "in_chans") or key in runtime or key not in user_args:
             continue
         given = user_args[key]
         if given != value and was_set(f"model.model.init_args.{key}", given, defaults.get(key, _NO_DEFAULT)):

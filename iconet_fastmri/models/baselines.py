@@ -20,7 +20,7 @@ output only by float rounding, and without it ``BicubicSR`` is exactly
 from __future__ import annotations
 
 import math
-from typing import List
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ from ..physics.operators import sinc_upsample
 from .blocks import ResBlock
 from .common import SRModel, SROutput, channels_to_complex, complex_to_channels, upsample_bicubic
 
-__all__ = ["BicubicSR", "SincSR", "UnetSR", "T2NetLike", "PixelShuffleUpsampler"]
+__all__ = ["BicubicSR", "SincSR", "UnetSR", "T2NetLike", "PixelShuffleUpsampler", "windowed"]
 
 
 class BicubicSR(SRModel):
@@ -124,7 +124,15 @@ class UnetSR(SRModel):
         drop_prob: U-Net dropout.
         normalize: per-slice intensity normalisation as in ICONet.
         norm_eps: floor of the per-slice scale.
+        eval_window: ``[h, w]`` on the LR grid: outside training, run the U-Net on overlapping
+            windows of this size, blended with linear ramps (:func:`windowed`), instead of on the
+            whole slice. fastMRI's U-Net normalises its features over what it sees (InstanceNorm);
+            a model trained on patches (``data.patch_size``, HR) then meets the statistics it was
+            trained on. Set it to the LR patch, ``patch_size / scale``. ``None``: whole slices.
     """
+
+    #: Init args that change how the network runs, not its weights: a checkpoint's may be overridden.
+    RUNTIME_ARGS = ("eval_window",)
 
     def __init__(
         self,
@@ -135,8 +143,12 @@ class UnetSR(SRModel):
         drop_prob: float = 0.0,
         normalize: bool = True,
         norm_eps: float = 1e-12,
+        eval_window: Optional[Tuple[int, int]] = None,
     ) -> None:
         super().__init__(scale, in_chans, normalize, norm_eps)
+        if eval_window is not None and (len(eval_window) != 2 or min(int(n) for n in eval_window) < 1):
+            raise ValueError(f"eval_window must be two positive sizes [h, w] on the LR grid, got {eval_window}")
+        self.eval_window = None if eval_window is None else (int(eval_window[0]), int(eval_window[1]))
         self.num_pool_layers = num_pool_layers
         self.unet = Unet(in_chans, in_chans, chans, num_pool_layers, drop_prob)
         self.up_head = nn.Conv2d(in_chans, chans, 3, padding=1)
@@ -155,7 +167,10 @@ class UnetSR(SRModel):
 
     def run(self, image: torch.Tensor, *args: object) -> SROutput:
         """``(B, C, h, w) -> sr (B, C, s·h, s·w)``."""
-        refined = image + self._unet_padded(image)
+        if self.eval_window is not None and not self.training:
+            refined = image + windowed(self._unet_padded, image, self.eval_window)
+        else:
+            refined = image + self._unet_padded(image)
         sr = self.up_tail(self.upsampler(self.up_head(refined))) + upsample_bicubic(
             refined, self.scale
         )
@@ -236,3 +251,40 @@ class T2NetLike(SRModel):
         rec = self.tail_rec(rec_feats) + image
         sr = self.tail_sr(self.upsampler(sr_feats)) + upsample_bicubic(rec, self.scale)
         return SROutput(sr=sr, sr_stages=[sr], rec_stages=[rec])
+
+
+def _starts(size: int, window: int) -> list:
+    """Window origins covering ``[0, size)``: stride ``window // 2`` (half overlap), the last one flush with the end."""
+    if window >= size:
+        return [0]
+    stride = max(1, window // 2)
+    starts = list(range(0, size - window, stride))
+    return starts + [size - window]
+
+
+def _ramp(n: int, device, dtype) -> torch.Tensor:
+    """Blending weights of a window of ``n`` pixels: a triangle, positive everywhere (its ends are 1/(n+1))."""
+    i = torch.arange(n, device=device, dtype=dtype)
+    return torch.minimum(i + 1, n - i) / ((n + 1) / 2)
+
+
+def windowed(fn, image: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
+    """``fn`` applied to overlapping ``window``-sized tiles of ``image`` ``(B, C, h, w)``, blended.
+
+    Tiles overlap by half a window (the last one flush with the border); each
+    output pixel is the weighted mean of the tiles covering it, with separable
+    triangular weights, so seams are smooth. A window as large as the image in
+    both directions is ``fn(image)``.
+    """
+    h, w = image.shape[-2:]
+    wh, ww = min(int(window[0]), h), min(int(window[1]), w)
+    if (wh, ww) == (h, w):
+        return fn(image)
+    out = torch.zeros_like(image)
+    total = torch.zeros(h, w, device=image.device, dtype=image.dtype)
+    weight = _ramp(wh, image.device, image.dtype)[:, None] * _ramp(ww, image.device, image.dtype)[None, :]
+    for r in _starts(h, wh):
+        for c in _starts(w, ww):
+            out[..., r:r + wh, c:c + ww] += weight * fn(image[..., r:r + wh, c:c + ww])
+            total[r:r + wh, c:c + ww] += weight
+    return out / total

@@ -55,7 +55,7 @@ def warn_window_statistics(model: nn.Module, patch_size: Optional[Sequence[int]]
     per pixel and does not have it. Measured in docs/REAL_DATA.md ("Patch training").
     Returns whether it warned.
     """
-    if not patch_size:
+    if not patch_size or getattr(model, "eval_window", None) is not None:  # evaluated on windows like its patches
         return False
     norms = sorted({type(m).__name__ for m in model.modules()
                     if isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm))})
@@ -64,7 +64,9 @@ def warn_window_statistics(model: nn.Module, patch_size: Optional[Sequence[int]]
             f"data.patch_size {list(patch_size)}: {type(model).__name__} normalises its features over the window it "
             f"sees ({', '.join(norms)}), so patches train it on other statistics than the whole slices it is "
             f"validated on; on background-heavy data this costs quality (docs/REAL_DATA.md, 'Patch training'). "
-            f"Train it on whole slices where memory allows.", WindowStatisticsWarning, stacklevel=2)
+            f"Train it on whole slices where memory allows, or evaluate it on windows of its patches "
+            f"(UnetSR: --model.model.init_args.eval_window, the patch divided by the scale).",
+            WindowStatisticsWarning, stacklevel=2)
     return bool(norms)
 
 

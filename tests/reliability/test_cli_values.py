@@ -83,6 +83,35 @@ def test_a_typed_default_init_arg_that_conflicts_with_the_checkpoint_is_an_error
         main(_args("validate", data, tmp_path / "b", "--ckpt_path", ckpt, "--config", config))
 
 
+def test_an_evaluation_setting_of_the_model_may_differ_from_the_checkpoint(data, tmp_path):
+    """UnetSR's eval_window (windows at evaluation, not weights) is the user's; its width still is the checkpoint's."""
+    from iconet_fastmri.models import UnetSR
+
+    torch.manual_seed(0)
+    module = IconetModule(UnetSR(scale=2, chans=4, num_pool_layers=1, eval_window=(8, 16)))
+    ckpt = tmp_path / "unet.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": pl.__version__, "epoch": 0, "global_step": 0}, ckpt)
+    seen = []
+    real = UnetSR.run
+
+    def spy(self, image, *args):
+        seen.append(self.eval_window)
+        return real(self, image, *args)
+
+    UnetSR.run = spy
+    try:
+        main(_args("validate", data, tmp_path / "a", "--ckpt_path", ckpt))
+        main(_args("validate", data, tmp_path / "b", "--ckpt_path", ckpt, "--model.model", "UnetSR",
+                   "--model.model.init_args.eval_window", "null"))
+    finally:
+        UnetSR.run = real
+    assert seen[0] == (8, 16) and seen[-1] is None
+    with pytest.raises(ValueError, match=r"init_args\.chans: the checkpoint has 4, you gave 32"):
+        main(_args("validate", data, tmp_path / "c", "--ckpt_path", ckpt, "--model.model", "UnetSR",
+                   "--model.model.init_args.chans", 32))
+
+
 def test_typed_settings_are_what_the_user_set(tmp_path):
     """Command line and config file count, defaults do not (even a default typed again counts)."""
     from iconet_fastmri.cli import IconetCLI, typed_settings

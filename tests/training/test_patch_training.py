@@ -146,3 +146,29 @@ def test_models_normalising_over_the_window_warn_when_trained_on_patches(backgro
         assert warn_window_statistics(UnetSR(scale=2, chans=4, num_pool_layers=1), (16, 32))
     assert not warn_window_statistics(UnetSR(scale=2, chans=4, num_pool_layers=1), None)
     assert not warn_window_statistics(ICONet(scale=2, width=8, blocks_per_stage=1), (16, 32))
+    # Evaluated on windows of its patches, it sees the statistics it trained on: no warning.
+    assert not warn_window_statistics(UnetSR(scale=2, chans=4, num_pool_layers=1, eval_window=(8, 16)), (16, 32))
+
+
+def test_windowed_evaluation_runs_the_unet_on_windows_of_the_training_patch():
+    from iconet_fastmri.models import UnetSR
+    from iconet_fastmri.models.baselines import windowed
+
+    x = torch.randn(2, 1, 40, 36)
+    torch.testing.assert_close(windowed(lambda t: 3 * t, x, (16, 36)), 3 * x)  # blending is a partition of unity
+    torch.testing.assert_close(windowed(lambda t: t.flip(-1), x, (40, 36)), x.flip(-1))  # one window: fn itself
+    model = UnetSR(scale=2, chans=4, num_pool_layers=1, eval_window=(16, 36))
+    seen = []
+    real = model.unet.forward
+    model.unet.forward = lambda t: seen.append(tuple(t.shape[-2:])) or real(t)
+    model.train()
+    model(x)
+    assert seen == [(40, 36)]  # training: the patch it is given, whole
+    seen.clear()
+    model.eval()
+    with torch.no_grad():
+        out = model(x).sr
+    assert seen and set(seen) == {(16, 36)} and len(seen) == 4  # rows 0, 8, 16, 24: half-overlapping windows
+    assert out.shape == (2, 1, 80, 72) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="eval_window"):
+        UnetSR(scale=2, eval_window=(0, 8))
