@@ -70,6 +70,8 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         "pipe_cases": [("knee multi-coil", 15, (640, 368), 320), ("brain multi-coil", 16, (640, 320), 320)],
         "pipe_volumes": 2,
         "pipe_slices": 4,
+        "pipe_e2e_batch": 8,
+        "pipe_e2e_workers": 8,
         "warmup": 1,
     },
     "quick": {
@@ -107,6 +109,8 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         "pipe_cases": [("knee multi-coil", 15, (640, 368), 320)],
         "pipe_volumes": 1,
         "pipe_slices": 3,
+        "pipe_e2e_batch": 2,
+        "pipe_e2e_workers": 2,
         "warmup": 1,
     },
     "tiny": {
@@ -142,7 +146,9 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         "sense_coils": [1, 4],
         "pipe_cases": [("knee multi-coil (tiny)", 4, (64, 46), 32)],
         "pipe_volumes": 1,
-        "pipe_slices": 2,
+        "pipe_slices": 4,
+        "pipe_e2e_batch": 2,
+        "pipe_e2e_workers": 1,
         "warmup": 1,
     },
 }

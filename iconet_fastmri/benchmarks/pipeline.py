@@ -18,6 +18,11 @@ process's ``rchar`` is recorded too, but litdata maps its chunks into memory,
 which ``rchar`` does not count), and the workers needed to feed ``--feed-rate``
 slices/s (default 121.6: ICONet's compiled bf16 training step, batch 8, on one
 H200, docs/BENCHMARKS.md).
+
+End to end (on a GPU, and in the CI's tiny CPU run): the training step of the
+profile's ICONet fed from the shards through a ``DataLoader`` with workers
+(files -> workers -> device -> step), against the same step on a batch already
+on the device, in the same run; ``e2e_over_model`` is their ratio.
 """
 
 from __future__ import annotations
@@ -105,6 +110,7 @@ def section_pipeline(b: Bench) -> Dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a DataLoader worker's share
     rows: List[Dict[str, Any]] = []
+    e2e: Dict[str, Any] = {}
     root = Path(tempfile.mkdtemp(prefix="iconet_pipeline_"))
     try:
         for name, coils, kshape, recon in p["pipe_cases"]:
@@ -137,6 +143,10 @@ def section_pipeline(b: Bench) -> Dict[str, Any]:
                 rows.append(b.row(case=name, format="shards" if precision == "complex64" else "shards float16",
                                   kspace=[coils, *kshape], grid=[recon, recon], stored_bytes_per_slice=stored,
                                   prepare_ms_per_slice=prep_ms, **t))
+            if not e2e and (b.cuda or b.mode == "tiny"):
+                torch.set_num_threads(threads)  # the training process's own threads
+                e2e = _end_to_end(b, str(folder.parent / "shards_complex64"), (recon, recon))
+                torch.set_num_threads(1)
             shutil.rmtree(folder.parent)
     finally:
         torch.set_num_threads(threads)
@@ -148,4 +158,68 @@ def section_pipeline(b: Bench) -> Dict[str, Any]:
         r["speedup_vs_hdf5"] = r["slices_per_s"] / base["slices_per_s"]
         r["bytes_vs_hdf5"] = base["stored_bytes_per_slice"] / r["stored_bytes_per_slice"]
         r["loadavg"] = loadavg()
-    return {"rows": rows, "feed_rate": feed, "threads_per_worker": 1}
+    if not e2e:
+        e2e = {"skipped": "no GPU: on a CPU the model, not the data, limits the step"}
+    return {"rows": rows, "feed_rate": feed, "threads_per_worker": 1, "end_to_end": e2e}
+
+
+def _end_to_end(b: Bench, shards: str, grid) -> Dict[str, Any]:
+    """Training steps fed by workers from shards vs the same steps on a batch already on the device."""
+    torch = b.torch
+    from lightning_fabric.utilities.apply_func import move_data_to_device
+    from torch.utils.data import DataLoader
+
+    from ..data.batching import collate_samples
+    from ..data.shards import ShardSettings, ShardSliceDataset
+    from ..data.transforms import IconetDataTransform
+    from ..models import ICONet
+    from ..physics.acquisition import Acquisition
+    from ..physics.masks import MaskConfig
+    from ..pl_modules import IconetModule
+
+    p = b.profile
+    batch_size, workers = p["pipe_e2e_batch"], p["pipe_e2e_workers"]
+    steps = {"full": 30, "quick": 10, "tiny": 3}[b.mode]
+    acq = Acquisition(2, MaskConfig())
+    dataset = ShardSliceDataset(shards, "train", ShardSettings("multicoil", grid),
+                                transform=IconetDataTransform(acq, grid, use_seed=False))
+    module = IconetModule(ICONet(scale=2, width=p["model_width"], blocks_per_stage=p["model_blocks"]), acquisition=acq)
+    module.to(b.device)
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-4)
+    autocast = torch.autocast(b.device.type, dtype=torch.bfloat16, enabled=b.cuda)
+
+    def step(batch) -> None:
+        with autocast:
+            loss = module.training_step(batch, 0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    import warnings
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, collate_fn=collate_samples,
+                        pin_memory=b.cuda, drop_last=True, persistent_workers=workers > 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer
+        fixed = move_data_to_device(next(iter(loader)), b.device)
+        step(fixed)  # warm-up
+        b.sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step(fixed)
+        b.sync()
+        model_s = time.perf_counter() - t0
+        done, t0 = 0, time.perf_counter()
+        while done < steps:
+            for batch in loader:
+                step(move_data_to_device(batch, b.device))
+                done += 1
+                if done == steps:
+                    break
+        b.sync()
+        e2e_s = time.perf_counter() - t0
+    model_rate, e2e_rate = steps * batch_size / model_s, steps * batch_size / e2e_s
+    return {"batch": batch_size, "workers": workers, "steps": steps, "model_only_slices_per_s": model_rate,
+            "end_to_end_slices_per_s": e2e_rate, "e2e_over_model": e2e_rate / model_rate,
+            "precision": "bf16 autocast" if b.cuda else "fp32", "model": f"ICONet width {p['model_width']}, "
+            f"{p['model_blocks']} blocks, eager"}

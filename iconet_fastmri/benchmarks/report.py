@@ -171,6 +171,14 @@ def print_tables(b: Bench, results: Dict[str, Any]) -> str:
                 ],
             )
         )
+        e2e = sec.get("end_to_end", {})
+        if "skipped" in e2e:
+            out.append(f"End to end: skipped ({e2e['skipped']}).")
+        elif e2e:
+            out.append(f"End to end ({e2e['model']}, {e2e['precision']}, batch {e2e['batch']}, {e2e['workers']} "
+                       f"workers, {e2e['steps']} steps): shards -> device -> step "
+                       f"{e2e['end_to_end_slices_per_s']:.1f} slices/s against {e2e['model_only_slices_per_s']:.1f} "
+                       f"on a batch already on the device: {100 * e2e['e2e_over_model']:.0f} %.")
     s = status("model")
     if s:
         out.append(s)

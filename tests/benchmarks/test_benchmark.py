@@ -57,6 +57,8 @@ def test_every_section_present_without_errors(report):
     for r in pipe:  # per worker: a rate, CPU time, bytes, and the workers it takes to feed a GPU
         assert r["slices_per_s"] > 0 and r["cpu_ms_per_slice"] > 0 and r["workers_to_feed"] >= 1
         assert r["stored_bytes_per_slice"] > 0
+    e2e = report["pipeline"]["end_to_end"]  # files -> workers -> step against the step alone, same run
+    assert e2e["end_to_end_slices_per_s"] > 0 and e2e["model_only_slices_per_s"] > 0 and e2e["e2e_over_model"] > 0
     hdf5 = next(r for r in pipe if r["format"] == "hdf5")
     assert hdf5["stored_bytes_per_slice"] > next(r for r in pipe if r["format"] == "shards")["stored_bytes_per_slice"]
     model = report["model"]
