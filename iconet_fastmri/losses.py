@@ -175,6 +175,9 @@ def complex_stage_targets(hr_images: torch.Tensor, stages: Union[SROutput, Degra
     computed in float32 outside autocast. Pass them to :class:`MultiStageLoss` for the
     phase-aware term.
     """
+    if hr_images.shape[-1] == 0:
+        raise ValueError("model.lambda_phase needs the HR coil images, which compact shards do not store; "
+                         "prepare shards without --compact_scale, or set model.lambda_phase 0")
     if isinstance(stages, Degraded):
         sr_grids = [tuple(t.shape[-2:]) for t in stages.stage_targets]
         rec_grids = [tuple(t.shape[-2:]) for t in stages.rec_targets]

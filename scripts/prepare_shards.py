@@ -67,6 +67,8 @@ def main(argv=None) -> int:
                    help="also store ESPIRiT maps of the LR k-space at this scale (coil_maps: espirit; slow)")
     p.add_argument("--espirit_center_fraction", type=float, default=None,
                    help="the training mask's center fraction: the maps use round(W/s * cf) central lines, as it acquires")
+    p.add_argument("--compact_scale", type=int, default=None,
+                   help="compact layout for one scale: the LR k-space and the stage targets instead of HR images")
     p.add_argument("--volumes_per_part", type=int, default=16, help="whole volumes per part (the unit of resuming)")
     p.add_argument("--chunk_bytes", default="256MB", help="litdata chunk size")
     p.add_argument("--skip_bad_files", action="store_true", help="leave out bad files (named) instead of stopping")
@@ -79,7 +81,8 @@ def main(argv=None) -> int:
         raise ValueError("ESPIRiT maps need both --espirit_scale and --espirit_center_fraction")
     if args.espirit_scale is not None:
         espirit = (args.espirit_scale, round(args.hr_crop[1] // args.espirit_scale * args.espirit_center_fraction))
-    settings = ShardSettings(args.challenge, tuple(args.hr_crop), args.pad_if_smaller, args.precision, espirit)
+    settings = ShardSettings(args.challenge, tuple(args.hr_crop), args.pad_if_smaller, args.precision, espirit,
+                             args.compact_scale)
     start = time.perf_counter()
     manifest = prepare_shards(sources, args.out, settings, args.volumes_per_part, args.chunk_bytes,
                               args.skip_bad_files)

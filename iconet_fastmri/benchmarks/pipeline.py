@@ -8,9 +8,10 @@ worker gets), files in the page cache (a warm-up pass reads them first):
 
 * ``hdf5``: :class:`~iconet_fastmri.data.dataset.IconetSliceDataset` + the
   training transform: read the k-space slice, inverse FFT per coil, crop;
-* ``shards`` / ``shards float16``: :class:`~iconet_fastmri.data.shards.ShardSliceDataset`
-  over a set made by :func:`~iconet_fastmri.data.shard_writer.prepare_shards`
-  (its one-off cost per slice is reported too).
+* ``shards`` / ``shards float16`` / ``shards compact x2``:
+  :class:`~iconet_fastmri.data.shards.ShardSliceDataset` over a set made by
+  :func:`~iconet_fastmri.data.shard_writer.prepare_shards` (HR-grid coil images; in half
+  precision; or the LR k-space and targets of one scale), its one-off cost per slice reported too.
 
 Per row: slices/s per worker, CPU ms per slice, bytes per slice (stored, so
 read once per slice per epoch from disk or the network when not cached; the
@@ -127,25 +128,26 @@ def section_pipeline(b: Bench) -> Dict[str, Any]:
             t = _time_reads(h5, min_s)
             rows.append(b.row(case=name, format="hdf5", kspace=[coils, *kshape], grid=[recon, recon],
                               stored_bytes_per_slice=stored, prepare_ms_per_slice=None, **t))
-            for precision in ("complex64", "float16"):
-                out = folder.parent / f"shards_{precision}"
-                settings = ShardSettings("multicoil", (recon, recon), precision=precision)
+            for precision, compact in (("complex64", None), ("float16", None), ("complex64", 2)):
+                label = f"shards compact x{compact}" if compact else "shards" if precision == "complex64" \
+                    else "shards float16"
+                out = folder.parent / label.replace(" ", "_")
+                settings = ShardSettings("multicoil", (recon, recon), precision=precision, compact_scale=compact)
                 t0 = time.perf_counter()
                 prepare_shards({"train": folder}, out, settings, progress=False)
                 prep_ms = 1e3 * (time.perf_counter() - t0) / slices
                 shard = ShardSliceDataset(str(out), "train", settings, transform=transform())
-                for i in range(len(shard)):  # what the shards hold is the HDF5 path's sample
-                    if precision == "complex64" and i < 2:
+                for i in range(min(2, len(shard))):  # what the shards hold is the HDF5 path's sample
+                    if label == "shards":
                         b.diff("pipeline", f"{name}, slice {i}", "HR coil images, shards vs HDF5",
                                shard[i].hr_images, h5[i].hr_images)
                 stored = sum(f.stat().st_size for f in out.rglob("chunk-*.bin")) / slices
                 t = _time_reads(shard, min_s)
-                rows.append(b.row(case=name, format="shards" if precision == "complex64" else "shards float16",
-                                  kspace=[coils, *kshape], grid=[recon, recon], stored_bytes_per_slice=stored,
-                                  prepare_ms_per_slice=prep_ms, **t))
+                rows.append(b.row(case=name, format=label, kspace=[coils, *kshape], grid=[recon, recon],
+                                  stored_bytes_per_slice=stored, prepare_ms_per_slice=prep_ms, **t))
             if not e2e and (b.cuda or b.mode == "tiny"):
                 torch.set_num_threads(threads)  # the training process's own threads
-                e2e = _end_to_end(b, str(folder.parent / "shards_complex64"), (recon, recon))
+                e2e = _end_to_end(b, str(folder.parent / "shards"), (recon, recon))
                 torch.set_num_threads(1)
             shutil.rmtree(folder.parent)
     finally:

@@ -33,11 +33,11 @@ def collate_samples(samples: Sequence[IconetSample]) -> IconetSample:
     """Stack :class:`IconetSample` s into a batch (coil dimension zero-padded to the batch maximum)."""
     if not samples:
         raise ValueError("cannot collate an empty batch")
-    grids = {tuple(s.hr_images.shape[-2:]) for s in samples}
+    grids = {_grid(s) for s in samples}
     masks = {tuple(s.mask.shape) for s in samples}
     if len(grids) > 1 or len(masks) > 1:
         described = ", ".join(
-            f"{s.fname} slice {s.slice_num}: {tuple(s.hr_images.shape[-2:])}" for s in samples
+            f"{s.fname} slice {s.slice_num}: {_grid(s)}" for s in samples
         )
         raise ValueError(f"slices of one batch must share the HR grid and mask shape; got {described}")
     coils = max(int(s.hr_images.shape[0]) for s in samples)
@@ -64,7 +64,26 @@ def collate_samples(samples: Sequence[IconetSample]) -> IconetSample:
         num_low_frequencies=torch.tensor([int(s.num_low_frequencies) for s in samples]),
         patch=_patches(samples),
         maps=_maps(samples, coils),
+        compact=_compact(samples),
     )
+
+
+def _grid(sample: IconetSample) -> tuple:
+    """The HR grid of a sample: its images', or its HR target's for compact samples."""
+    return tuple((sample.hr_images if sample.compact is None else sample.compact[1][-1]).shape[-2:])
+
+
+def _compact(samples: Sequence[IconetSample]):
+    """``(lr_kspace (B, C, h, w), tuple of (B, 1, ·, ·) stage targets)``, coils zero-padded; ``None`` for image samples."""
+    if all(s.compact is None for s in samples):
+        return None
+    if any(s.compact is None for s in samples):
+        raise ValueError("a batch mixes compact shard samples with image samples")
+    coils = max(int(s.compact[0].shape[0]) for s in samples)
+    lr = torch.stack([torch.cat([s.compact[0], s.compact[0].new_zeros(coils - s.compact[0].shape[0],
+                                                                          *s.compact[0].shape[1:])]) for s in samples])
+    stages = tuple(torch.stack([s.compact[1][k] for s in samples]) for k in range(len(samples[0].compact[1])))
+    return lr, stages
 
 
 def _maps(samples: Sequence[IconetSample], coils: int):
@@ -79,5 +98,5 @@ def _patches(samples: Sequence[IconetSample]):
     """``(B, 4)`` patch boxes; a sample without one is its whole slice; ``None`` when no sample has one."""
     if all(s.patch is None for s in samples):
         return None
-    boxes = [s.patch if s.patch is not None else torch.tensor([0, 0, *s.hr_images.shape[-2:]]) for s in samples]
+    boxes = [s.patch if s.patch is not None else torch.tensor([0, 0, *_grid(s)]) for s in samples]
     return torch.stack([b.to(torch.int64) for b in boxes])

@@ -21,8 +21,10 @@ from fastmri.data.mri_data import FastMRIRawDataSample
 
 from ..io import atomic_write_json, check_outputs_apart
 from .dataset import IconetSliceDataset
-from .shards import MANIFEST, SHARD_FORMAT, SHARD_VERSION, ShardSetError, ShardSettings, encode_slice, read_manifest
+from .shards import (MANIFEST, SHARD_FORMAT, SHARD_VERSION, ShardSetError, ShardSettings, encode_compact, encode_slice,
+                     read_manifest)
 from .transforms import file_target, hr_coil_images
+from ..physics.degradation import simulate
 from ..physics.fft import fft2c
 from ..physics.operators import crop_kspace
 from ..physics.sense import espirit_maps
@@ -89,7 +91,13 @@ def _write_part(dataset: IconetSliceDataset, volumes: Dict[str, List[FastMRIRawD
                 images, padded = hr_coil_images(f["kspace"][i], settings.hr_crop, settings.pad_if_smaller, fname, i)
                 target = file_target(f[dataset.recons_key][i] if has_target else None, settings.hr_crop, padded)
                 maps = None if settings.espirit is None else lr_espirit_maps(images, settings, f"{fname}, slice {i}")
-                writer.add_item(index, encode_slice(images, target, i, settings.precision, maps))
+                if settings.compact_scale is None:
+                    item = encode_slice(images, target, i, settings.precision, maps)
+                else:  # the training path's own first results: its LR k-space and stage targets
+                    s = settings.compact_scale
+                    deg = simulate(images[None], torch.ones(1, 1, images.shape[-2] // s, images.shape[-1] // s), s)
+                    item = encode_compact(deg.lr_kspace[0], [t[0] for t in deg.stage_targets], target, i, maps)
+                writer.add_item(index, item)
                 index += 1
                 progress(1)
     writer.done()

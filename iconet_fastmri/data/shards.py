@@ -96,6 +96,9 @@ class ShardSettings:
     #: ``(scale, calibration lines)``: also store ESPIRiT maps of each slice's LR k-space (the central
     #: ``hr_crop / scale`` block, the full-height band of the central lines), for ``coil_maps: espirit``.
     espirit: Optional[Tuple[int, int]] = None
+    #: Compact layout for one scale: store the LR k-space ``T F x`` and the stage targets (the
+    #: HR target, and at x4 the x2 grid's) instead of the HR coil images (``degradation.from_lr_kspace``).
+    compact_scale: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.challenge not in ("singlecoil", "multicoil"):
@@ -109,6 +112,12 @@ class ShardSettings:
                 raise ValueError(f"ESPIRiT maps need multicoil data and a scale dividing hr_crop {self.hr_crop}, "
                                  f"got {self.challenge}, scale {scale}")
             object.__setattr__(self, "espirit", (scale, lines))
+        if self.compact_scale is not None:
+            scale = int(self.compact_scale)
+            if scale < 2 or self.hr_crop[0] % scale or self.hr_crop[1] % scale or self.precision != "complex64":
+                raise ValueError(f"the compact layout needs a scale >= 2 dividing hr_crop {self.hr_crop} and "
+                                 f"complex64 precision, got scale {self.compact_scale}, {self.precision}")
+            object.__setattr__(self, "compact_scale", scale)
 
     def as_json(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -146,8 +155,26 @@ def encode_slice(images: torch.Tensor, target: torch.Tensor, slice_num: int, pre
     return item
 
 
-def decode_slice(item: Dict[str, Any], where: str) -> Tuple[torch.Tensor, torch.Tensor, int, Optional[torch.Tensor]]:
-    """``(images complex64, target, slice, maps)`` of a stored item; a malformed item is a :class:`ShardSetError`."""
+def encode_compact(lr_kspace: torch.Tensor, stages: List[torch.Tensor], target: torch.Tensor, slice_num: int,
+                   maps: Optional[torch.Tensor] = None) -> Dict[str, Any]:
+    """The stored item of one slice in the compact layout: LR k-space and stage targets instead of HR images."""
+    item = {"lr_kspace": lr_kspace.to(torch.complex64).contiguous(),
+            "stages": [t.to(torch.float32).contiguous() for t in stages],
+            "target": (target if target.numel() else torch.empty(0, 0)).to(torch.float32).contiguous(),
+            "slice": int(slice_num)}
+    if maps is not None:
+        item["maps"] = maps.to(torch.complex64).contiguous()
+    return item
+
+
+def decode_slice(item: Dict[str, Any], where: str) -> Tuple[torch.Tensor, torch.Tensor, int, Optional[torch.Tensor],
+                                                             Optional[Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]]]:
+    """``(images complex64, target, slice, maps, compact)`` of a stored item; a malformed item is a
+    :class:`ShardSetError`. A compact item has ``(C, 0, 0)`` images and ``compact = (lr_kspace, stages)``."""
+    if isinstance(item, dict) and set(item) - {"maps"} == {"lr_kspace", "stages", "target", "slice"}:
+        lr_kspace, target = item["lr_kspace"], item["target"]
+        return (torch.empty(lr_kspace.shape[0], 0, 0, dtype=torch.complex64), target if target.numel() else
+                torch.empty(0), int(item["slice"]), item.get("maps"), (lr_kspace, tuple(item["stages"])))
     if not isinstance(item, dict) or set(item) - {"maps"} != {"images", "scale", "target", "slice"}:
         raise ShardSetError(f"{where}: not an iconet shard item (keys {sorted(item) if isinstance(item, dict) else type(item).__name__})")
     images = item["images"]
@@ -156,7 +183,7 @@ def decode_slice(item: Dict[str, Any], where: str) -> Tuple[torch.Tensor, torch.
     elif images.dtype != torch.complex64:
         raise ShardSetError(f"{where}: images stored as {images.dtype}, expected complex64 or float16")
     target = item["target"]
-    return images, (target if target.numel() else torch.empty(0)), int(item["slice"]), item.get("maps")
+    return images, (target if target.numel() else torch.empty(0)), int(item["slice"]), item.get("maps"), None
 
 
 def _safe_serializers() -> Dict[str, Any]:
@@ -262,6 +289,8 @@ class ShardSliceDataset(IconetSliceDataset):
         espirit = manifest["settings"].get("espirit")
         #: ``(scale, calibration lines)`` of the stored ESPIRiT maps, or ``None``.
         self.espirit: Optional[Tuple[int, int]] = None if espirit is None else (int(espirit[0]), int(espirit[1]))
+        #: The scale of a compact set (LR k-space and stage targets instead of HR images), or ``None``.
+        self.compact_scale: Optional[int] = manifest["settings"].get("compact_scale")
         entry = manifest["splits"].get(split)
         if entry is None:
             raise ShardSetError(f"{self.root} has no {split!r} split (it has: {', '.join(manifest['splits']) or 'none'})")
@@ -300,8 +329,12 @@ class ShardSliceDataset(IconetSliceDataset):
         self.raw_samples = subsample_slices(self.raw_samples, sample_rate, volume_sample_rate, sample_seed)
         self._parts: Dict[int, Any] = {}
 
-    def check_maps(self, scale: int, calibration_lines: int) -> None:
-        """Stored ESPIRiT maps must come from the run's LR grid and the centre its masks acquire."""
+    def check_run(self, scale: int, calibration_lines: int) -> None:
+        """A compact set serves its own scale only; stored ESPIRiT maps must come from the run's LR grid
+        and the centre its masks acquire."""
+        if self.compact_scale is not None and self.compact_scale != int(scale):
+            raise ShardSetError(f"{self.root}: compact shards for x{self.compact_scale} (LR k-space on that grid); "
+                                f"this run is x{scale}: prepare shards for it, or without --compact_scale")
         if self.espirit is not None and self.espirit != (int(scale), int(calibration_lines)):
             raise ShardSetError(
                 f"{self.root}: its ESPIRiT maps were computed for scale {self.espirit[0]} from {self.espirit[1]} "
@@ -327,22 +360,22 @@ class ShardSliceDataset(IconetSliceDataset):
             self._parts[p] = StreamingDataset(url, cache_dir=cache, serializers=_safe_serializers())
         return self._parts[p]
 
-    def read(self, i: int) -> Tuple[torch.Tensor, torch.Tensor, str, int, Optional[torch.Tensor]]:
-        """``(HR coil images, target, fname, slice, maps or None)`` of sample ``i`` as stored."""
+    def read(self, i: int) -> Tuple[torch.Tensor, torch.Tensor, str, int, Optional[torch.Tensor], Any]:
+        """``(HR coil images, target, fname, slice, maps or None, compact or None)`` of sample ``i`` as stored."""
         fname, slice_num, _ = self.raw_samples[i]
         name = Path(fname).name
         p, k = self._where[(name, slice_num)]
         where = f"{self.root}/{self.split}/{self.part_names[p]} item {k} ({name}, slice {slice_num})"
-        images, target, stored_slice, maps = decode_slice(self._part(p)[k], where)
+        images, target, stored_slice, maps, compact = decode_slice(self._part(p)[k], where)
         if stored_slice != slice_num:
             raise ShardSetError(f"{where}: holds slice {stored_slice}; the part does not match the manifest")
-        return images, target, name, slice_num, maps
+        return images, target, name, slice_num, maps, compact
 
     def __getitem__(self, i: int):
         reseed_sample(self, i)
-        images, target, name, slice_num, maps = self.read(i)
+        images, target, name, slice_num, maps, compact = self.read(i)
         if self.transform is None:
             return images, target, name, slice_num
         peak = self._max[name]
         return self.transform.from_images(images, target, None if math.isnan(peak) else {"max": peak}, name, slice_num,
-                                          maps)
+                                          maps, compact)

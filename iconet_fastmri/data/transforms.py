@@ -63,6 +63,8 @@ class IconetSample(NamedTuple):
             (``(0, 0, H, W)``: the whole slice; ``None``: the whole slice, too).
         maps: precomputed coil maps on the LR grid ``(C, h, w)`` complex64 (ESPIRiT maps that a shard
             set carries, for ``coil_maps: espirit``), or ``None``.
+        compact: ``(lr_kspace (C, h, w), [stage targets (1, ·, ·)...])`` of a compact shard set, which
+            stores these instead of the HR images (``hr_images`` is then ``(C, 0, 0)``), or ``None``.
     """
 
     hr_images: torch.Tensor
@@ -74,6 +76,7 @@ class IconetSample(NamedTuple):
     num_low_frequencies: int
     patch: Optional[torch.Tensor] = None
     maps: Optional[torch.Tensor] = None
+    compact: Optional[Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]] = None
 
 
 def check_kspace(kspace: Any, fname: str, slice_num: int, key: str = "kspace") -> np.ndarray:
@@ -258,6 +261,7 @@ class IconetDataTransform:
         fname: str,
         slice_num: int,
         maps: Optional[torch.Tensor] = None,
+        compact: Optional[Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]] = None,
     ) -> IconetSample:
         """The sample of a slice whose HR-grid coil images (:func:`hr_coil_images`) and target
         (:func:`file_target`) are known: what ``__call__`` does after the crop.
@@ -265,7 +269,7 @@ class IconetDataTransform:
         Shards (:mod:`iconet_fastmri.data.shards`) store exactly these two and
         call this, so a slice read from shards is the HDF5 path's sample.
         """
-        H, W = hr_images.shape[-2:]
+        H, W = hr_images.shape[-2:] if compact is None else compact[1][-1].shape[-2:]
         patch = (0, 0, int(H), int(W))
         if self.patch_size is not None and not self.use_seed:
             ph, pw = self.patch_size
@@ -288,4 +292,5 @@ class IconetDataTransform:
             num_low_frequencies=int(num_low),
             patch=torch.tensor(patch, dtype=torch.int64),
             maps=maps,
+            compact=compact,
         )

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .degradation import KSPACE_STEPS, Degraded, Step, build_kspace_steps, simulate, stage_grids
+from .degradation import KSPACE_STEPS, Degraded, Step, build_kspace_steps, from_lr_kspace, simulate, stage_grids
 from .fft import as_complex
 from .masks import MASKS, MaskConfig, check_mask_on_grid, check_patch_on_grid
 from .operators import check_scale, lr_shape_for
@@ -169,12 +169,23 @@ class Acquisition(nn.Module):
             )
         return mask.expand(batch, 1, *lr)
 
-    def simulate(self, hr_images: torch.Tensor, mask: Optional[torch.Tensor] = None) -> Degraded:
+    def simulate(self, hr_images: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                 compact: Optional[Tuple[torch.Tensor, Sequence[torch.Tensor]]] = None) -> Degraded:
         """Degrade a batch of HR per-coil complex images ``(B, C, H, W)``.
 
         ``mask``: the batch's LR masks ``(h, w)``, ``(B, h, w)`` or ``(B, 1, h, w)``
         (as the data transform drew them); ``None`` draws one per slice here.
+        ``compact``: ``(lr_kspace, stage_targets)`` stored by compact shards instead of the
+        HR images (``hr_images`` is then ignored; :func:`~.degradation.from_lr_kspace`).
         """
+        if compact is not None:
+            lr_kspace, targets = compact
+            batch, coils, h, w = lr_kspace.shape
+            mask = self._batch_mask(mask, batch, (h, w), lr_kspace.device)
+            noise = None
+            if self.noise_std > 0:
+                noise = torch.randn(batch, coils, h, w, dtype=lr_kspace.dtype, device=lr_kspace.device) * self.noise_std
+            return from_lr_kspace(lr_kspace, targets, mask, self.scale, noise, self.steps)
         if hr_images.dim() != 4:
             raise ValueError(f"hr_images must be (B, C, H, W) complex, got shape {tuple(hr_images.shape)}")
         x = as_complex(hr_images)

@@ -61,6 +61,7 @@ __all__ = [
     "stage_grids",
     "reference_forward",
     "fast_forward",
+    "from_lr_kspace",
     "simulate",
 ]
 
@@ -227,6 +228,39 @@ def simulate(
         if all(g[0] % 2 == 0 and g[1] % 2 == 0 for g in grids):
             return fast_forward(x, mask, scale, noise, steps)
         return reference_forward(x, mask, scale, noise, steps)
+
+
+def from_lr_kspace(
+    lr_kspace: torch.Tensor,
+    stage_targets: Sequence[torch.Tensor],
+    mask: torch.Tensor,
+    scale: int,
+    noise: Optional[torch.Tensor] = None,
+    steps: Sequence[Step] = (),
+) -> Degraded:
+    """:func:`reference_forward` from its first results: the LR k-space ``T F x`` and the stage targets.
+
+    What compact shards store (:mod:`iconet_fastmri.data.shards`, ``layout: compact``): the
+    acquisition (mask, noise, steps) and everything after it are computed here exactly as
+    :func:`reference_forward` computes them, so a batch gives :func:`simulate`'s result to
+    float32 rounding (``tests/physics/test_degradation.py``).
+
+    Args:
+        lr_kspace: ``(B, C, h, w)`` complex, ``T F x`` of the HR coil images.
+        stage_targets: ``(B, 1, ·, ·)`` per stage, intermediate grids first, the HR target last.
+    """
+    with torch.autocast(device_type=lr_kspace.device.type, enabled=False):
+        lr_observed = lr_kspace * mask
+        if noise is not None:
+            lr_observed = lr_observed + mask * noise
+        lr_observed = _apply_steps(lr_observed, mask, steps)
+        lr_clean_c, lr_input_c = ifft2c(lr_kspace), ifft2c(lr_observed)
+        single = lr_kspace.shape[1] == 1
+        return Degraded(
+            hr_target=stage_targets[-1], lr_kspace=lr_kspace, lr_clean=rss(lr_clean_c), lr_observed=lr_observed,
+            lr_input=rss(lr_input_c), mask=mask, stage_targets=list(stage_targets), scale=scale,
+            lr_input_complex=lr_input_c if single else None, lr_clean_complex=lr_clean_c if single else None,
+        )
 
 
 @dataclass

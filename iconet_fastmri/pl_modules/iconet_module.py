@@ -138,7 +138,7 @@ class IconetModule(MriModule):
                            getattr(dm, "hr_crop", None))
 
     def degrade(self, batch: IconetSample) -> Degraded:  # the acquisition of a collated batch
-        return self.acquisition.simulate(batch.hr_images, batch.mask)
+        return self.acquisition.simulate(batch.hr_images, batch.mask, batch.compact)
 
     def map_estimator(self, maps: Optional[torch.Tensor] = None):  # (kspace, mask) -> maps; ``maps``: stored
         if maps is not None and self.hparams.coil_maps == "espirit":

@@ -53,7 +53,7 @@ def test_every_section_present_without_errors(report):
         assert row["code_path"] == "iconet_fastmri.inference.run_inference", row
         assert row["method"] == "checkpoint", row
     pipe = report["pipeline"]["rows"]
-    assert {r["format"] for r in pipe} == {"hdf5", "shards", "shards float16"}
+    assert {r["format"] for r in pipe} == {"hdf5", "shards", "shards float16", "shards compact x2"}
     for r in pipe:  # per worker: a rate, CPU time, bytes, and the workers it takes to feed a GPU
         assert r["slices_per_s"] > 0 and r["cpu_ms_per_slice"] > 0 and r["workers_to_feed"] >= 1
         assert r["stored_bytes_per_slice"] > 0

@@ -294,3 +294,39 @@ def test_a_run_with_espirit_maps_refuses_a_mask_with_too_few_centre_lines_at_sta
     check_map_settings("rss", "multicoil", 2, acquisition, (128, 128))  # the RSS estimate works from 5 lines
     with pytest.raises(ValueError, match="needs multicoil data"):
         check_map_settings("espirit", "singlecoil", 2, acquisition, (128, 128))
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_compact_shards_give_the_hdf5_losses_and_metrics(multicoil_dir, tmp_path, scale):
+    """The compact layout stores the LR k-space and the stage targets, not the HR images: ~7x fewer bytes at
+    fastMRI size (docs/BENCHMARKS.md); the losses, reconstructions and targets are the HDF5 path's."""
+    from iconet_fastmri.models import ICONet
+    from iconet_fastmri.pl_modules import IconetModule
+
+    settings = ShardSettings("multicoil", GRID, compact_scale=scale)
+    prepare_shards({"val": multicoil_dir}, tmp_path / "c", settings, progress=False)
+    common = dict(challenge="multicoil", hr_crop=GRID, scale=scale, batch_size=2, num_workers=0,
+                  use_dataset_cache=False)
+    hdf5 = IconetDataModule(data_path=str(multicoil_dir.parent), val_path=str(multicoil_dir), **common)
+    compact = IconetDataModule(data_path=str(tmp_path / "c"), format="shards", **common)
+    torch.manual_seed(0)
+    module = IconetModule(ICONet(scale=scale, width=8, blocks_per_stage=1), acquisition=hdf5.acquisition)
+    for dm in (hdf5, compact):
+        dm.setup("validate")
+    for a, b in zip(hdf5.val_dataloader(), compact.val_dataloader()):
+        assert b.hr_images.shape[-1] == 0 and b.compact is not None  # no HR images stored
+        ea, eb = module.evaluate_batch(a), module.evaluate_batch(b)
+        torch.testing.assert_close(eb.loss, ea.loss, rtol=1e-6, atol=0)
+        torch.testing.assert_close(eb.reconstruction, ea.reconstruction, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(eb.target, ea.target, rtol=1e-6, atol=0)
+        torch.manual_seed(1)
+        la = module.training_step(a, 0)
+        torch.manual_seed(1)
+        torch.testing.assert_close(module.training_step(b, 0), la, rtol=1e-6, atol=0)
+    other = IconetDataModule(data_path=str(tmp_path / "c"), format="shards", **{**common, "scale": 6 - scale})
+    with pytest.raises(ShardSetError, match=rf"compact shards for x{scale}.*this run is x{6 - scale}"):
+        other.setup("validate")
+    phase = IconetModule(ICONet(scale=scale, width=8, blocks_per_stage=1, in_chans=2), mode="complex",
+                         lambda_phase=0.1, acquisition=compact.acquisition)
+    with pytest.raises(ValueError, match="lambda_phase needs the HR coil images"):
+        phase.training_step(next(iter(compact.val_dataloader())), 0)

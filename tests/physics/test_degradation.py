@@ -211,3 +211,23 @@ def test_chunked_cpu_path_equals_the_whole_batch(monkeypatch, coils, scale):
             assert torch.allclose(a, b, atol=1e-6), name
     for a, b in zip(chunked.stage_targets, whole.stage_targets):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("coils,scale", [(1, 2), (4, 2), (1, 4), (4, 4)])
+def test_the_acquisition_from_stored_lr_kspace_equals_the_simulation(coils, scale):
+    """Compact shards store T F x and the stage targets; the rest of the acquisition (mask, noise)
+    computed from them equals the simulation from the HR images."""
+    from iconet_fastmri.physics.masks import MaskConfig
+
+    g = torch.Generator().manual_seed(coils + scale)
+    x = torch.randn(2, coils, 64, 64, dtype=torch.complex64, generator=g)
+    acq = Acquisition(scale, MaskConfig(), noise_std=0.05)
+    mask = acq.draw_mask(acq.lr_shape((64, 64)), seed=3)[0][None, None].expand(2, 1, -1, -1)
+    torch.manual_seed(0)
+    a = acq.simulate(x, mask)
+    torch.manual_seed(0)
+    b = acq.simulate(torch.empty(2, coils, 0, 0, dtype=torch.complex64), mask, (a.lr_kspace, a.stage_targets))
+    for field in ("lr_kspace", "lr_observed", "lr_clean", "lr_input", "hr_target"):
+        torch.testing.assert_close(getattr(b, field), getattr(a, field), rtol=1e-5, atol=1e-6)
+    assert [t.shape for t in b.rec_targets] == [t.shape for t in a.rec_targets]
+    assert (b.lr_input_complex is None) == (a.lr_input_complex is None)
