@@ -125,6 +125,16 @@ def test_a_remote_shard_set_is_read_through_a_local_cache(multicoil_shards, tmp_
     for i in range(len(local)):
         assert torch.equal(dataset.read(i)[0], local.read(i)[0])
     assert list((tmp_path / "cache").rglob("chunk-*.bin"))  # chunks came through the cache
+    # Batches through the cache: data-loader workers (each with its own reader) deliver the local set's batches.
+    common = dict(challenge="multicoil", hr_crop=GRID, batch_size=2, num_workers=2, use_dataset_cache=False,
+                  train_path=None)
+    batches = []
+    for root, cache in ((f"local:{remote}", str(tmp_path / "cache2")), (str(multicoil_shards), None)):
+        dm = IconetDataModule(data_path=root, format="shards", shard_cache=cache, **common)
+        dm.setup("validate")
+        batches.append(list(dm.val_dataloader()))
+    for a, b in zip(*batches):
+        _same(a, b)
     assert sorted(p.name for p in remote.rglob("*")) == before  # nothing written at the "remote"
     with pytest.raises(ValueError, match="shard_cache"):
         IconetDataModule(data_path=f"local:{remote}", format="shards", challenge="multicoil", hr_crop=GRID)
