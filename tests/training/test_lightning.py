@@ -180,8 +180,8 @@ def test_bf16_mixed_training_keeps_ffts_in_fp32(tiny_data, tmp_path):
     seen = []
     original = Acquisition.simulate
 
-    def spy(self, hr_images, mask=None):
-        out = original(self, hr_images, mask)
+    def spy(self, hr_images, mask=None, compact=None):
+        out = original(self, hr_images, mask, compact)
         seen.append((out.lr_input.dtype, out.lr_kspace.dtype, torch.is_autocast_enabled("cpu")))
         return out
 
