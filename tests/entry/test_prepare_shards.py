@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -71,7 +72,21 @@ def test_prepare_shards_then_train_gives_the_hdf5_run(tmp_path):
         b = [float(r[key]) for r in shard if r.get(key)]
         assert len(a) == len(b) > 0, key
         np.testing.assert_allclose(b, a, rtol=1e-6, err_msg=key)
-    assert (tmp_path / "run_shards" / "checkpoints" / "last.ckpt").is_file()
+    ckpt = tmp_path / "run_shards" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+
+    # predict from the shards writes what run_inference.py writes from the HDF5 files.
+    pred = _run(tmp_path, "train_iconet_fastmri.py", "predict", "--data.format", "shards", "--data.data_path", shards,
+                "--data.challenge", "multicoil", "--data.hr_crop", "[32, 32]", "--data.num_workers", 0,
+                "--trainer.accelerator", "cpu", "--trainer.logger", "false", "--ckpt_path", ckpt,
+                "--trainer.default_root_dir", tmp_path / "run_pred", "--prediction_writer.out_dir", tmp_path / "p_shards")
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    inf = _run(tmp_path, "run_inference.py", "--checkpoint", ckpt, "--data_path", data / "multicoil_val",
+               "--out", tmp_path / "p_h5")
+    assert inf.returncode == 0, inf.stderr[-3000:]
+    for f in sorted((tmp_path / "p_h5").glob("*.h5")):
+        with h5py.File(f) as a, h5py.File(tmp_path / "p_shards" / f.name) as b:
+            np.testing.assert_allclose(b["reconstruction"][()], a["reconstruction"][()], rtol=1e-5, atol=1e-9)
 
     wrong = _run(tmp_path, "train_iconet_fastmri.py", "fit", "--data.format", "shards", "--data.data_path", shards,
                  "--data.challenge", "multicoil", "--data.hr_crop", "[64, 64]", "--trainer.accelerator", "cpu",
