@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import h5py
 import numpy as np
@@ -100,10 +100,15 @@ class VolumeAssembler:
         expected: ``{fname: number of slices}``.
         attrs: :func:`volume_attributes` of the run.
         acquisitions: ``{fname: acquisition}`` (file attribute of the raw data).
+        owned: the volumes this process writes (under DDP, its sampler's ``own_volumes``; the rest
+            of its samples are padding); ``None``: all. A volume is written once: slices of a
+            volume already written (a sampler's repeats) are ignored.
     """
 
     def __init__(self, out_dir: Path, expected: Mapping[str, int], attrs: Mapping[str, Any],
-                 acquisitions: Optional[Mapping[str, str]] = None) -> None:
+                 acquisitions: Optional[Mapping[str, str]] = None, owned: Optional[Set[str]] = None) -> None:
+        self.owned = None if owned is None else {Path(n).name for n in owned}
+        self.done: Set[str] = set()
         self.out_dir = Path(out_dir)
         self.expected = dict(expected)
         self.attrs = dict(attrs)
@@ -113,6 +118,8 @@ class VolumeAssembler:
 
     def add(self, fname: str, slice_num: int, image: np.ndarray, lr_acceleration: float) -> None:
         """One slice's HR magnitude and the acceleration of its LR mask."""
+        if fname in self.done or (self.owned is not None and fname not in self.owned):
+            return  # written already, or another rank's (padding)
         slices = self.pending.setdefault(fname, {})
         slices[int(slice_num)] = (np.asarray(image, dtype=np.float32), float(lr_acceleration))
         if len(slices) == self.expected.get(fname, -1):
@@ -138,6 +145,7 @@ class VolumeAssembler:
         path = self.out_dir / name
         write_volume_atomic(path, np.stack([slices[i][0] for i in order]), attrs)
         self.written.append(path)
+        self.done.add(name)
 
     def finish(self) -> List[Path]:
         """Write volumes still open (only with slice subsets) and return every written file."""
@@ -209,7 +217,9 @@ class PredictionWriter(BasePredictionWriter):
             dm.mask_seed_rule,
         )
         acquisitions = {Path(s.fname).name: str(s.metadata.get("acquisition", "")) for s in dataset.raw_samples}
-        self.assembler = VolumeAssembler(out, expected, attrs, acquisitions)
+        loaders = getattr(trainer, "predict_dataloaders", None)
+        sampler = getattr(loaders[0] if isinstance(loaders, (list, tuple)) else loaders, "sampler", None)
+        self.assembler = VolumeAssembler(out, expected, attrs, acquisitions, getattr(sampler, "own_volumes", None))
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx=0) -> None:

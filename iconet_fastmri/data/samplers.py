@@ -1,4 +1,4 @@
-"""Samplers of the data loaders: training order and randomness per (seed, epoch, rank), volumes per rank.
+"""Samplers of the data loaders: training order per (seed, epoch, rank), draws per sample, volumes per rank.
 
 :class:`EpochSampler` shuffles training slices as a pure function of (seed,
 epoch, rank); the transforms' mask and patch draws are seeded per (seed, epoch,
@@ -92,7 +92,9 @@ class ResumableLoader(DataLoader):
 
     def state_dict(self) -> Dict[str, Any]:
         epoch, batches = self._progress()
-        return {"sampler": "EpochSampler", "epoch": int(epoch), "samples": int(batches) * int(self.batch_size)}
+        # A save at an epoch's end (Lightning has then already counted the next epoch) consumed nothing of it.
+        samples = int(batches) * int(self.batch_size) if int(batches) < len(self) else 0
+        return {"sampler": "EpochSampler", "epoch": int(epoch), "samples": samples}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         if not isinstance(state, dict) or state.get("sampler") != "EpochSampler":
@@ -129,6 +131,8 @@ class VolumeSampler(torch.utils.data.Sampler):
             target = min(range(self.num_replicas), key=lambda r: (len(plans[r]), r))
             plans[target].extend(volumes[name])
         self.num_samples = max(len(p) for p in plans)
+        #: The volumes this rank scores and writes; its other samples are padding (repeats).
+        self.own_volumes = {str(dataset.raw_samples[i][0]) for i in plans[self.rank]}
         everything = [i for p in plans for i in p]
         own = plans[self.rank] or everything
         self.indices = [own[k % len(own)] for k in range(self.num_samples)]

@@ -21,8 +21,8 @@ from fastmri.data.mri_data import FastMRIRawDataSample
 
 from ..io import atomic_write_json, check_outputs_apart
 from .dataset import IconetSliceDataset
-from .shards import (MANIFEST, SHARD_FORMAT, SHARD_VERSION, ShardSetError, ShardSettings, encode_compact, encode_slice,
-                     read_manifest)
+from .shards import (_SPLIT_NAME, MANIFEST, SHARD_FORMAT, SHARD_VERSION, ShardSetError, ShardSettings, encode_compact,
+                     encode_slice, read_manifest)
 from .transforms import file_target, hr_coil_images
 from ..physics.degradation import simulate
 from ..physics.fft import fft2c
@@ -144,6 +144,9 @@ def prepare_shards(
                     "volumes_per_part": volumes_per_part, "splits": {}}
         atomic_write_json(manifest_path, manifest)
 
+    bad = [split for split in sources if not _SPLIT_NAME.fullmatch(str(split))]
+    if bad:
+        raise ShardSetError(f"split name {bad[0]!r}: use letters, digits, '_' and '-' only")
     for split, folder in sources.items():
         dataset = IconetSliceDataset(
             folder, settings.challenge, use_dataset_cache=False, skip_bad_files=skip_bad_files,

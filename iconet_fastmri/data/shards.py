@@ -46,8 +46,10 @@ replaced by one that refuses.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -55,6 +57,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from fastmri.data.mri_data import FastMRIRawDataSample
 
+from ..io import temporary_name
 from .dataset import IconetSliceDataset, subsample_slices
 from .samplers import reseed_sample
 from .transforms import IconetDataTransform
@@ -79,6 +82,8 @@ SHARD_FORMAT = "iconet-fastmri shards"
 #: Bumped whenever what a shard item holds, or how, changes.
 SHARD_VERSION = 1
 PRECISIONS = ("complex64", "float16")
+_PART_NAME = re.compile(r"part-\d{5}")
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class ShardSetError(ValueError):
@@ -205,13 +210,14 @@ def read_manifest(root: str, cache_dir: Optional[str] = None) -> Dict[str, Any]:
 
         if cache_dir is None:
             raise ShardSetError(f"{root} is remote: set a local cache folder (--data.shard_cache)")
-        local = Path(cache_dir) / MANIFEST
-        local.parent.mkdir(parents=True, exist_ok=True)
+        # Fetched afresh every time, into a name of this process's own (litdata's downloaders skip a
+        # file that exists and give up silently on another rank's lock), then read and removed.
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        path = temporary_name(Path(cache_dir) / MANIFEST)
         try:
-            get_downloader(str(root), str(cache_dir), []).download_file(_join(root, MANIFEST), str(local))
+            get_downloader(str(root), str(cache_dir), []).download_file(_join(root, MANIFEST), str(path))
         except Exception as err:  # noqa: BLE001 - any transport error: name what was asked
             raise ShardSetError(f"could not fetch {_join(root, MANIFEST)}: {err}") from err
-        path = local
     else:
         path = Path(root) / MANIFEST
         if not path.is_file():
@@ -222,6 +228,9 @@ def read_manifest(root: str, cache_dir: Optional[str] = None) -> Dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise ShardSetError(f"{path}: cannot be read as a shard manifest ({err})") from err
+    finally:
+        if is_remote(root):
+            path.unlink(missing_ok=True)
     if not isinstance(manifest, dict) or manifest.get("format") != SHARD_FORMAT:
         raise ShardSetError(f"{path}: not an iconet-fastmri shard manifest")
     if manifest.get("version") != SHARD_VERSION:
@@ -229,6 +238,13 @@ def read_manifest(root: str, cache_dir: Optional[str] = None) -> Dict[str, Any]:
             f"{path}: shard format version {manifest.get('version')!r}, this version reads {SHARD_VERSION}; "
             f"prepare the shards again with scripts/prepare_shards.py"
         )
+    # Names become paths (the chunk cache) and URLs: only our own forms, never "..", "/" or absolute ones.
+    for split, entry in (manifest.get("splits") or {}).items():
+        bad = [part.get("name") for part in (entry or {}).get("parts", [])
+               if not isinstance(part.get("name"), str) or not _PART_NAME.fullmatch(part["name"])]
+        if not _SPLIT_NAME.fullmatch(str(split)) or bad:
+            raise ShardSetError(f"{root}: the manifest names split {split!r} / parts {bad[:3]}: not names this "
+                                f"package writes (split: letters, digits, '_', '-'; parts: part-NNNNN); refused")
     return manifest
 
 
@@ -250,7 +266,7 @@ class ShardSliceDataset(IconetSliceDataset):
     """The slices of one split of a shard set, as :class:`IconetSliceDataset` gives them from HDF5.
 
     It keeps :class:`IconetSliceDataset`'s interface (``raw_samples`` for
-    fastmri's ``VolumeSampler``, ``slices_per_volume``, ``fingerprints``,
+    the volume samplers, ``slices_per_volume``, ``fingerprints``,
     sample rates), so the data module's samplers, seeds and resume logic are
     the same for both formats. Items are read with litdata's
     ``StreamingDataset`` (one per part, opened lazily in each worker):
@@ -354,8 +370,9 @@ class ShardSliceDataset(IconetSliceDataset):
 
             url = _join(self.root, self.split, self.part_names[p])
             cache = None
-            if is_remote(self.root):
-                cache = str(Path(self.cache_dir) / self.split / self.part_names[p])
+            if is_remote(self.root):  # a cache folder per shard set: chunks of another set never mix in
+                digest = hashlib.sha256(self.root.encode("utf-8")).hexdigest()[:16]
+                cache = str(Path(self.cache_dir) / digest / self.split / self.part_names[p])
                 Path(cache).mkdir(parents=True, exist_ok=True)
             self._parts[p] = StreamingDataset(url, cache_dir=cache, serializers=_safe_serializers())
         return self._parts[p]

@@ -13,7 +13,7 @@ challenge files hold no targets, so super-resolution testing uses the val
 split by default (``test_split="val"``), as the SR literature does.
 
 Masks: validation/test masks are seeded per (file, slice); training order and
-masks per (seed, epoch, rank, worker) (:mod:`iconet_fastmri.data.samplers`).
+draws per (seed, epoch, sample) (:mod:`iconet_fastmri.data.samplers`).
 With several devices, validation/test deal whole volumes to ranks, every rank
 the same number of batches (our ``VolumeSampler``; fastmri's hangs when a rank
 gets no volume); set ``use_distributed_sampler=False`` (the CLI does).

@@ -59,3 +59,38 @@ def test_the_loader_state_round_trips_and_a_foreign_state_is_refused():
     assert [b.tolist() for b in fresh] == [b.tolist() for b in loader][2:]
     with pytest.raises(ValueError, match="not ours"):
         fresh.load_state_dict({"epoch": 1})
+
+
+def test_a_save_at_an_epochs_end_resumes_the_next_epoch_whole():
+    """Review: at an epoch's end Lightning has already counted the next epoch, so a state of
+    (next epoch, N batches) made the resumed run skip all of it (seen with max_steps set)."""
+    dataset = type("D", (), {"__len__": lambda self: 6, "__getitem__": lambda self, i: i})()
+    loader = ResumableLoader(dataset, batch_size=2, sampler=EpochSampler(dataset, 1, 0, 0), progress=lambda: (2, 3))
+    assert loader.state_dict()["samples"] == 0  # 3 batches = the whole epoch: nothing of epoch 2 consumed
+    fresh = ResumableLoader(dataset, batch_size=2, sampler=EpochSampler(dataset, 1, 0, 0), progress=lambda: (0, 0))
+    fresh.load_state_dict(loader.state_dict())
+    fresh.sampler.set_epoch(2)
+    assert len(list(fresh)) == 3
+
+
+def test_predictions_are_written_once_per_volume_by_the_rank_that_owns_it(tmp_path, monkeypatch):
+    """Review: the volume sampler pads ranks with repeats; a repeat of a written volume reopened it and
+    finish() overwrote the whole file with a few slices (and a rank without volumes wrote a partial one)."""
+    import numpy as np
+
+    import iconet_fastmri.predictions as predictions
+    from iconet_fastmri.data.samplers import VolumeSampler
+
+    sizes = {"a.h5": 10, "b.h5": 8, "c.h5": 6}
+    raw = [(name, i, {}) for name, n in sizes.items() for i in range(n)]
+    writes = []
+    monkeypatch.setattr(predictions, "write_volume_atomic", lambda path, vol, attrs: writes.append((path.name, len(vol))))
+    for ranks in (2, 4):
+        for rank in range(ranks):
+            sampler = VolumeSampler(type("D", (), {"raw_samples": raw})(), ranks, rank)
+            assembler = predictions.VolumeAssembler(tmp_path, sizes, {"scale": 2}, owned=sampler.own_volumes)
+            for i in sampler:
+                assembler.add(raw[i][0], raw[i][1], np.zeros((2, 2)), 4.0)
+            assembler.finish()
+        assert sorted(writes) == sorted(sizes.items()), writes  # each volume once, whole
+        writes.clear()

@@ -340,3 +340,41 @@ def test_compact_shards_give_the_hdf5_losses_and_metrics(multicoil_dir, tmp_path
                          lambda_phase=0.1, acquisition=compact.acquisition)
     with pytest.raises(ValueError, match="lambda_phase needs the HR coil images"):
         phase.training_step(next(iter(compact.val_dataloader())), 0)
+
+
+def test_review_fixes_manifest_names_remote_freshness(multicoil_shards, tmp_path):
+    """A manifest's part or split names never become paths outside the cache; a remote manifest is
+    fetched afresh (a set finished after a first read is seen finished; another set through the same
+    cache gets its own manifest and chunk folder)."""
+    evil = tmp_path / "evil"
+    shutil.copytree(multicoil_shards, evil)
+    manifest = json.loads((evil / MANIFEST).read_text())
+    manifest["splits"]["val"]["parts"][0]["name"] = "../../../escaped"
+    (evil / MANIFEST).write_text(json.dumps(manifest))
+    settings = ShardSettings("multicoil", GRID)
+    with pytest.raises(ShardSetError, match="not names this package writes"):
+        ShardSliceDataset(f"local:{evil}", "val", settings, cache_dir=str(tmp_path / "cache"))
+    assert not (tmp_path / "escaped").exists()
+
+    remote = tmp_path / "bucket"
+    shutil.copytree(multicoil_shards, remote)
+    manifest = json.loads((remote / MANIFEST).read_text())
+    manifest["splits"]["val"]["complete"] = False
+    (remote / MANIFEST).write_text(json.dumps(manifest))
+    cache = str(tmp_path / "cache")
+    with pytest.raises(ShardSetError, match="unfinished"):
+        ShardSliceDataset(f"local:{remote}", "val", settings, cache_dir=cache)
+    shutil.copy(multicoil_shards / MANIFEST, remote / MANIFEST)  # finished since
+    first = ShardSliceDataset(f"local:{remote}", "val", settings, cache_dir=cache)
+    first.read(0)
+    other = tmp_path / "other"
+    prepare_shards({"val": multicoil_dir_of(multicoil_shards)}, other, ShardSettings("multicoil", GRID, precision="float16"),
+                   volumes_per_part=1, progress=False)
+    second = ShardSliceDataset(f"local:{other}", "val", settings, cache_dir=cache)
+    assert second.precision == "float16" and first.precision == "complex64"
+    assert not torch.equal(second.read(0)[0], first.read(0)[0])  # its own chunks, not the first set's
+    assert not list(Path(cache).glob("*.partial*"))  # the fetched manifests are removed
+
+
+def multicoil_dir_of(shards_root):
+    return Path(json.loads((shards_root / MANIFEST).read_text())["splits"]["val"]["source"])

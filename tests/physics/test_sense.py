@@ -388,3 +388,11 @@ def tiny_multicoil_root(tmp_path):
         write_fastmri_dataset(tmp_path / f"multicoil_{split}", "multicoil", 2, 2, (32, 32), num_coils=4,
                               seed=first, first_index=first)
     return tmp_path
+
+
+def test_espirit_does_not_refuse_a_slice_of_noise_alone():
+    """Review: a volume's edge slice (noise only) has no object; its (empty) maps are not holes."""
+    rng = np.random.default_rng(0)
+    kspace = ((rng.standard_normal((8, 80, 80)) + 1j * rng.standard_normal((8, 80, 80))) * 1e-6).astype(np.complex64)
+    maps = espirit_maps(kspace, 16, where="edge slice")
+    assert maps.shape == kspace.shape
