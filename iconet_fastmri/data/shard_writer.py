@@ -161,9 +161,17 @@ def prepare_shards(
             volumes.setdefault(str(sample.fname), []).append(sample)
         groups = [files[i : i + volumes_per_part] for i in range(0, len(files), volumes_per_part)]
         entry = manifest["splits"].get(split)
-        if entry is not None and entry.get("source_files") != [Path(f).name for f in files]:
-            raise ShardSetError(f"{out}: split {split!r} was started from other files than {folder} holds now")
-        entry = entry or {"source": str(Path(folder).resolve()), "source_files": [Path(f).name for f in files],
+        names = [Path(f).name for f in files]
+        if entry is not None:  # continuing: the finished parts must be the first files, unchanged
+            finished = [(v["fname"], v["fingerprint"]) for part in entry["parts"] for v in part["volumes"]]
+            now = [(name, dataset.fingerprints[f]) for name, f in zip(names, files)][:len(finished)]
+            if now != finished:
+                raise ShardSetError(
+                    f"{out}: the finished parts of split {split!r} hold {len(finished)} volume(s) that {folder} no "
+                    f"longer lists first and unchanged (a file was changed, added, removed or, with --skip_bad_files, "
+                    f"left out); choose a new --out")
+            entry.update(source_files=names, skipped=[p.name for p in dataset.skipped_files])
+        entry = entry or {"source": str(Path(folder).resolve()), "source_files": names,
                           "parts": [], "skipped": [p.name for p in dataset.skipped_files]}
         manifest["splits"][split] = entry
         done = len(entry["parts"])

@@ -345,16 +345,18 @@ class ShardSliceDataset(IconetSliceDataset):
         self.raw_samples = subsample_slices(self.raw_samples, sample_rate, volume_sample_rate, sample_seed)
         self._parts: Dict[int, Any] = {}
 
-    def check_run(self, scale: int, calibration_lines: int) -> None:
+    def check_run(self, scale: int, calibration_lines) -> None:
         """A compact set serves its own scale only; stored ESPIRiT maps must come from the run's LR grid
-        and the centre its masks acquire."""
+        and the centre its masks acquire (``calibration_lines``: the widths its masks draw, a set)."""
+        lines = {int(n) for n in calibration_lines} if not isinstance(calibration_lines, int) else {calibration_lines}
         if self.compact_scale is not None and self.compact_scale != int(scale):
             raise ShardSetError(f"{self.root}: compact shards for x{self.compact_scale} (LR k-space on that grid); "
                                 f"this run is x{scale}: prepare shards for it, or without --compact_scale")
-        if self.espirit is not None and self.espirit != (int(scale), int(calibration_lines)):
+        if self.espirit is not None and (self.espirit[0] != int(scale) or lines != {self.espirit[1]}):
             raise ShardSetError(
                 f"{self.root}: its ESPIRiT maps were computed for scale {self.espirit[0]} from {self.espirit[1]} "
-                f"calibration lines; this run is x{scale} and its mask acquires {calibration_lines} centre lines "
+                f"calibration lines; this run is x{scale} and its mask acquires {', '.join(map(str, sorted(lines)))} "
+                f"centre lines "
                 f"(maps from other lines than the acquired ones): prepare shards with --espirit_scale {scale} "
                 f"and its center fraction"
             )

@@ -45,6 +45,10 @@ def _noise_std(value: Any) -> float:
     return number
 
 
+#: Mask draws a start-up check looks at (several centre fractions give several widths).
+CALIBRATION_DRAWS = 16
+
+
 class Acquisition(nn.Module):
     """The LR acquisition model ``y = M · T · F · x + n`` (then further k-space effects).
 
@@ -122,16 +126,24 @@ class Acquisition(nn.Module):
             if self.mask_func is not None:
                 check_patch_on_grid(self.mask_func, hr, patch, self.scale, name=f"mask {self.mask_name!r}")
 
+    def centre_lines(self, hr_shape: Sequence[int]) -> set:
+        """The fully sampled centre widths (``num_low``) the masks draw on the LR grid, over several draws."""
+        lr = self.lr_shape(hr_shape)
+        return {self.draw_mask(lr, seed=seed)[1] for seed in range(CALIBRATION_DRAWS)}
+
     def check_calibration(self, hr_shape: Sequence[int], why: str = "coil maps", min_lines: int = 1) -> None:
         """Coil maps need a fully sampled centre: refuse, at start-up, a mask without one, or (ESPIRiT)
         one narrower than ``min_lines`` on the LR grid (``why`` says who asks)."""
         lr = self.lr_shape(hr_shape)
-        mask, _ = self.draw_mask(lr, seed=0)
-        try:
-            region = calibration_region(mask[None, None])[0, 0]
-        except ValueError as err:
-            raise ValueError(f"{why} needs coil maps: mask {self.mask_name!r}: {err}") from err
-        lines = min(int(region.any(dim=-1).sum()), int(region.any(dim=-2).sum()))
+        widths = []
+        for seed in range(CALIBRATION_DRAWS):  # several centre fractions draw several widths: the narrowest counts
+            mask, _ = self.draw_mask(lr, seed=seed)
+            try:
+                region = calibration_region(mask[None, None])[0, 0]
+            except ValueError as err:
+                raise ValueError(f"{why} needs coil maps: mask {self.mask_name!r}: {err}") from err
+            widths.append(min(int(region.any(dim=-1).sum()), int(region.any(dim=-2).sum())))
+        lines = min(widths)
         if lines < min_lines:
             raise ValueError(f"{why}: mask {self.mask_name!r} acquires a calibration region of {lines} lines on the "
                              f"LR grid {lr[0]}x{lr[1]}; ESPIRiT needs at least {min_lines} (raise center_fractions)")

@@ -313,7 +313,7 @@ class IconetDataModule(pl.LightningDataModule):
                 volume_sample_rate=self.volume_sample_rate if train else self.val_sample_rate,
                 raw_sample_filter=None if part is None else PartFilter(part, fraction), sample_seed=self.seed,
             )
-            dataset.check_run(self.scale, transform.acquisition.draw_mask(transform.lr_shape, seed=0)[1])
+            dataset.check_run(self.scale, self.acquisition.centre_lines(self.hr_crop))
             self.datasets[split] = dataset
             return dataset
         if split == "test" and not self.paths.get("test") and self.test_split == "val":

@@ -378,3 +378,44 @@ def test_review_fixes_manifest_names_remote_freshness(multicoil_shards, tmp_path
 
 def multicoil_dir_of(shards_root):
     return Path(json.loads((shards_root / MANIFEST).read_text())["splits"]["val"]["source"])
+
+
+def test_espirit_checks_see_every_centre_width_the_masks_draw(espirit_shards):
+    """Review: with several centre fractions the start-up checks looked at one draw (seed 0) only."""
+    from iconet_fastmri.models.network_input import check_map_settings
+
+    both = MaskConfig(name="equispaced", center_fractions=[0.25, 0.08], accelerations=[4, 4])
+    acquisition = Acquisition(2, both)
+    assert acquisition.centre_lines((128, 128)) == {16, 5}
+    with pytest.raises(ValueError, match="calibration region of 5 lines"):
+        check_map_settings("espirit", "multicoil", 2, acquisition, (128, 128))
+    dm = IconetDataModule(data_path=str(espirit_shards / "shards"), format="shards", challenge="multicoil", scale=2,
+                          mask=both, hr_crop=(128, 128), batch_size=2, num_workers=0)
+    with pytest.raises(ShardSetError, match="its mask acquires 5, 16 centre lines"):
+        dm.setup("validate")
+
+
+def test_prepare_continues_with_skip_bad_files_after_stopping_at_a_bad_file(tmp_path):
+    """Review: stopped at a bad file in a later part, a rerun with --skip_bad_files (as the message suggests)
+    was refused as 'started from other files'; a changed finished volume must still be refused."""
+    data = tmp_path / "data"
+    write_fastmri_dataset(data, "singlecoil", num_volumes=3, slices=2, recon_size=GRID, seed=5)
+    files = sorted(data.glob("*.h5"))
+    with h5py.File(files[2], "r+") as f:
+        k = f["kspace"][...]
+        k[0, 1, 1] = np.nan
+        f["kspace"][...] = k
+    settings = ShardSettings("singlecoil", GRID)
+    with pytest.raises(ValueError, match=files[2].name):
+        prepare_shards({"val": data}, tmp_path / "s", settings, volumes_per_part=1, progress=False)
+    prepare_shards({"val": data}, tmp_path / "s", settings, volumes_per_part=1, skip_bad_files=True, progress=False)
+    done = ShardSliceDataset(str(tmp_path / "s"), "val", settings)
+    assert sorted(done.slices_per_volume()) == [files[0].name, files[1].name]
+    with h5py.File(files[0], "r+") as f:  # a finished volume changes: continuing would mix two versions
+        f["kspace"][...] = f["kspace"][...] * 2
+    manifest = json.loads((tmp_path / "s" / MANIFEST).read_text())
+    manifest["splits"]["val"]["complete"] = False
+    manifest["splits"]["val"]["parts"] = manifest["splits"]["val"]["parts"][:1]
+    (tmp_path / "s" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ShardSetError, match="no longer lists first and unchanged"):
+        prepare_shards({"val": data}, tmp_path / "s", settings, volumes_per_part=1, skip_bad_files=True, progress=False)
