@@ -20,7 +20,7 @@ the transform never produces) are an error naming the files.
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import Sequence
 
 import torch
 
@@ -41,14 +41,7 @@ def collate_samples(samples: Sequence[IconetSample]) -> IconetSample:
         )
         raise ValueError(f"slices of one batch must share the HR grid and mask shape; got {described}")
     coils = max(int(s.hr_images.shape[0]) for s in samples)
-    hr_images: List[torch.Tensor] = []
-    for s in samples:
-        missing = coils - int(s.hr_images.shape[0])
-        if missing:
-            pad = s.hr_images.new_zeros(missing, *s.hr_images.shape[1:])
-            hr_images.append(torch.cat([s.hr_images, pad]))
-        else:
-            hr_images.append(s.hr_images)
+    hr_images = [_pad_coils(s.hr_images, coils) for s in samples]
     targets = [s.target for s in samples]
     if all(t.numel() for t in targets) and len({tuple(t.shape) for t in targets}) == 1:
         target = torch.stack(targets)
@@ -68,6 +61,12 @@ def collate_samples(samples: Sequence[IconetSample]) -> IconetSample:
     )
 
 
+def _pad_coils(t: torch.Tensor, coils: int) -> torch.Tensor:
+    """``(C, ...)`` zero-padded to ``coils`` along the first axis (volumes of a batch differ in coil count)."""
+    missing = coils - int(t.shape[0])
+    return torch.cat([t, t.new_zeros(missing, *t.shape[1:])]) if missing else t
+
+
 def _grid(sample: IconetSample) -> tuple:
     """The HR grid of a sample: its images', or its HR target's for compact samples."""
     return tuple((sample.hr_images if sample.compact is None else sample.compact[1][-1]).shape[-2:])
@@ -80,8 +79,7 @@ def _compact(samples: Sequence[IconetSample]):
     if any(s.compact is None for s in samples):
         raise ValueError("a batch mixes compact shard samples with image samples")
     coils = max(int(s.compact[0].shape[0]) for s in samples)
-    lr = torch.stack([torch.cat([s.compact[0], s.compact[0].new_zeros(coils - s.compact[0].shape[0],
-                                                                          *s.compact[0].shape[1:])]) for s in samples])
+    lr = torch.stack([_pad_coils(s.compact[0], coils) for s in samples])
     stages = tuple(torch.stack([s.compact[1][k] for s in samples]) for k in range(len(samples[0].compact[1])))
     return lr, stages
 
@@ -90,8 +88,7 @@ def _maps(samples: Sequence[IconetSample], coils: int):
     """``(B, C, h, w)`` stored coil maps (coils zero-padded like the images); ``None`` unless every sample has them."""
     if any(s.maps is None for s in samples):
         return None
-    return torch.stack([torch.cat([s.maps, s.maps.new_zeros(coils - s.maps.shape[0], *s.maps.shape[1:])])
-                        for s in samples])
+    return torch.stack([_pad_coils(s.maps, coils) for s in samples])
 
 
 def _patches(samples: Sequence[IconetSample]):

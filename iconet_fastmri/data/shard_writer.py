@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import h5py
 import numpy as np
@@ -34,17 +34,18 @@ __all__ = ["prepare_shards"]
 _PART = "part-{:05d}"
 
 
-def lr_espirit_maps(images: torch.Tensor, settings: ShardSettings, where: str) -> torch.Tensor:
+def lr_espirit_maps(lr_kspace: Optional[torch.Tensor], images: torch.Tensor, settings: ShardSettings,
+                    where: str) -> torch.Tensor:
     """ESPIRiT maps on the LR grid of ``settings.espirit = (scale, lines)`` from HR-grid coil images.
 
-    The LR k-space is the truncation's central ``hr_crop / scale`` block (``crop_kspace``, the
-    acquisition's own rule); its calibration region is the full-height band of the ``lines``
+    The LR k-space is the acquisition's ``T F x`` (``lr_kspace``, when already computed for the
+    slice), else the truncation's central ``hr_crop / scale`` block (``crop_kspace``); its calibration region is the full-height band of the ``lines``
     central columns (fastMRI's 1D masks acquire it whole). A region too small for ESPIRiT is
     refused, naming the slice (:func:`~iconet_fastmri.physics.sense.espirit_maps`).
     """
     scale, lines = settings.espirit
     lr = (settings.hr_crop[0] // scale, settings.hr_crop[1] // scale)
-    kspace = crop_kspace(fft2c(images), lr)
+    kspace = crop_kspace(fft2c(images), lr) if lr_kspace is None else lr_kspace  # ESPIRiT ignores the intensity factor
     band = torch.zeros(lr[1])
     start = (lr[1] - lines + 1) // 2  # centred like fastMRI's mask functions: (w - lines + 1) // 2
     band[start:start + lines] = 1
@@ -90,12 +91,15 @@ def _write_part(dataset: IconetSliceDataset, volumes: Dict[str, List[FastMRIRawD
             for i in slices:
                 images, padded = hr_coil_images(f["kspace"][i], settings.hr_crop, settings.pad_if_smaller, fname, i)
                 target = file_target(f[dataset.recons_key][i] if has_target else None, settings.hr_crop, padded)
-                maps = None if settings.espirit is None else lr_espirit_maps(images, settings, f"{fname}, slice {i}")
+                deg = None
+                s = settings.compact_scale or (settings.espirit[0] if settings.espirit else None)
+                if s is not None:  # the training path's own first results: its LR k-space and stage targets
+                    deg = simulate(images[None], torch.ones(1, 1, images.shape[-2] // s, images.shape[-1] // s), s)
+                maps = None if settings.espirit is None else lr_espirit_maps(
+                    deg.lr_kspace[0] if settings.espirit[0] == s else None, images, settings, f"{fname}, slice {i}")
                 if settings.compact_scale is None:
                     item = encode_slice(images, target, i, settings.precision, maps)
-                else:  # the training path's own first results: its LR k-space and stage targets
-                    s = settings.compact_scale
-                    deg = simulate(images[None], torch.ones(1, 1, images.shape[-2] // s, images.shape[-1] // s), s)
+                else:
                     item = encode_compact(deg.lr_kspace[0], [t[0] for t in deg.stage_targets], target, i, maps)
                 writer.add_item(index, item)
                 index += 1

@@ -58,6 +58,7 @@ import torch
 from fastmri.data.mri_data import FastMRIRawDataSample
 
 from ..io import temporary_name
+from ..physics.sense import ESPIRIT_KERNEL
 from .dataset import IconetSliceDataset, subsample_slices
 from .samplers import reseed_sample
 from .transforms import IconetDataTransform
@@ -116,6 +117,9 @@ class ShardSettings:
             if self.challenge != "multicoil" or scale < 1 or self.hr_crop[0] % scale or self.hr_crop[1] % scale:
                 raise ValueError(f"ESPIRiT maps need multicoil data and a scale dividing hr_crop {self.hr_crop}, "
                                  f"got {self.challenge}, scale {scale}")
+            if lines < 2 * ESPIRIT_KERNEL:  # refused before any file is read (espirit_maps would, per slice)
+                raise ValueError(f"ESPIRiT needs a calibration region of at least {2 * ESPIRIT_KERNEL} fully sampled "
+                                 f"lines for its {ESPIRIT_KERNEL}x{ESPIRIT_KERNEL} kernel; these settings give {lines}")
             object.__setattr__(self, "espirit", (scale, lines))
         if self.compact_scale is not None:
             scale = int(self.compact_scale)
@@ -345,10 +349,9 @@ class ShardSliceDataset(IconetSliceDataset):
         self.raw_samples = subsample_slices(self.raw_samples, sample_rate, volume_sample_rate, sample_seed)
         self._parts: Dict[int, Any] = {}
 
-    def check_run(self, scale: int, calibration_lines) -> None:
+    def check_run(self, scale: int, lines: set) -> None:
         """A compact set serves its own scale only; stored ESPIRiT maps must come from the run's LR grid
-        and the centre its masks acquire (``calibration_lines``: the widths its masks draw, a set)."""
-        lines = {int(n) for n in calibration_lines} if not isinstance(calibration_lines, int) else {calibration_lines}
+        and the centre its masks acquire (``lines``: the centre widths its masks draw)."""
         if self.compact_scale is not None and self.compact_scale != int(scale):
             raise ShardSetError(f"{self.root}: compact shards for x{self.compact_scale} (LR k-space on that grid); "
                                 f"this run is x{scale}: prepare shards for it, or without --compact_scale")

@@ -105,10 +105,14 @@ def measured_input(lr_observed: torch.Tensor, mask: torch.Tensor, in_chans: int,
 
 
 def check_map_settings(coil_maps: str, challenge: Optional[str], in_chans: int, acquisition: Any,
-                       hr_crop: Optional[Sequence[int]]) -> None:
-    """At start-up: the run's coil maps (``rss``, ``learned``, ``espirit``) suit its data and its mask."""
+                       hr_crop: Optional[Sequence[int]], lambda_phase: float = 0.0, stores_images: bool = True) -> None:
+    """At start-up: the run's coil maps (``rss``, ``learned``, ``espirit``) suit its data and its mask, and
+    the phase loss has the HR images it needs (compact shards, ``stores_images=False``, have none)."""
     if coil_maps != "rss" and challenge == "singlecoil":
         raise ValueError(f"coil_maps={coil_maps!r} needs multicoil data; this run is singlecoil (use coil_maps: rss)")
+    if lambda_phase > 0 and not stores_images:
+        raise ValueError("model.lambda_phase needs the HR coil images, which compact shards do not store; "
+                         "prepare shards without --compact_scale, or set model.lambda_phase 0")
     if in_chans == 2 and challenge == "multicoil" and acquisition.mask_func is not None and hr_crop is not None:
         acquisition.check_calibration(hr_crop, "mode='complex' on multicoil data",  # maps: whole slices
                                       2 * ESPIRIT_KERNEL if coil_maps == "espirit" else 1)

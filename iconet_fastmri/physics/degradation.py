@@ -199,19 +199,8 @@ def reference_forward(
     hr, lr = grids[-1], grids[0]
     kspace = fft2c(x)                                            # F x
     lr_kspace = KSpaceTruncation(hr, lr)(kspace)                 # T F x
-    lr_observed = lr_kspace * mask                               # M T F x
-    if noise is not None:
-        lr_observed = lr_observed + mask * noise                 # + n on the acquired samples
-    lr_observed = _apply_steps(lr_observed, mask, steps)
-    lr_clean_c, lr_input_c = ifft2c(lr_kspace), ifft2c(lr_observed)
     stage_targets = [rss(ifft2c(KSpaceTruncation(hr, g)(kspace))) for g in grids[1:-1]] + [rss(x)]
-    single = x.shape[1] == 1
-    return Degraded(
-        hr_target=stage_targets[-1], lr_kspace=lr_kspace, lr_clean=rss(lr_clean_c),
-        lr_observed=lr_observed, lr_input=rss(lr_input_c), mask=mask, stage_targets=stage_targets,
-        scale=scale, lr_input_complex=lr_input_c if single else None,
-        lr_clean_complex=lr_clean_c if single else None,
-    )
+    return from_lr_kspace(lr_kspace, stage_targets, mask, scale, noise, steps)  # M, n, steps and the LR images
 
 
 def simulate(
@@ -238,21 +227,20 @@ def from_lr_kspace(
     noise: Optional[torch.Tensor] = None,
     steps: Sequence[Step] = (),
 ) -> Degraded:
-    """:func:`reference_forward` from its first results: the LR k-space ``T F x`` and the stage targets.
+    """The acquisition from ``T F x`` on: mask, noise, steps and the LR images; the second half of
+    :func:`reference_forward`, which calls it.
 
-    What compact shards store (:mod:`iconet_fastmri.data.shards`, ``layout: compact``): the
-    acquisition (mask, noise, steps) and everything after it are computed here exactly as
-    :func:`reference_forward` computes them, so a batch gives :func:`simulate`'s result to
-    float32 rounding (``tests/physics/test_degradation.py``).
+    Compact shards store ``T F x`` and the stage targets (:mod:`iconet_fastmri.data.shards`), so
+    a batch of them gives :func:`simulate`'s result to float32 rounding (``tests/physics/test_degradation.py``).
 
     Args:
         lr_kspace: ``(B, C, h, w)`` complex, ``T F x`` of the HR coil images.
         stage_targets: ``(B, 1, ·, ·)`` per stage, intermediate grids first, the HR target last.
     """
     with torch.autocast(device_type=lr_kspace.device.type, enabled=False):
-        lr_observed = lr_kspace * mask
+        lr_observed = lr_kspace * mask                           # M T F x
         if noise is not None:
-            lr_observed = lr_observed + mask * noise
+            lr_observed = lr_observed + mask * noise             # + n on the acquired samples
         lr_observed = _apply_steps(lr_observed, mask, steps)
         lr_clean_c, lr_input_c = ifft2c(lr_kspace), ifft2c(lr_observed)
         single = lr_kspace.shape[1] == 1

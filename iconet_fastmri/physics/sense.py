@@ -167,8 +167,7 @@ def espirit_maps(kspace: np.ndarray, calib_width: int, thresh: float = 0.02, cro
     block = np.zeros_like(kspace)
     r0, c0 = (h - min(calib_width, h)) // 2, (w - min(calib_width, w)) // 2
     block[:, r0:r0 + calib_width, c0:c0 + calib_width] = kspace[:, r0:r0 + calib_width, c0:c0 + calib_width]
-    low = np.sqrt((np.abs(np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(block, axes=(-2, -1))),
-                                          axes=(-2, -1))) ** 2).sum(0))
+    low = rss(ifft2c(torch.from_numpy(block))[None])[0, 0].numpy()
     # The object: above 20 % of the maximum, where there is one. A slice of noise alone (a volume's
     # edge) has none, and ESPIRiT rightly gives it no maps: its maximum is ~2x its 10th percentile
     # (measured, 8 coils), an object's 40-70x on the phantoms; below 5x no pixel counts as object.

@@ -203,6 +203,10 @@ class IconetDataModule(pl.LightningDataModule):
     def mask(self) -> MaskConfig:
         return self.acquisition.mask
 
+    @property
+    def stores_images(self) -> bool:  # compact shards hold the LR k-space and targets, not HR images
+        return not any(getattr(d, "compact_scale", None) for d in self.datasets.values())
+
     # ------------------------------------------------------------------ paths
     def split_path(self, split: str) -> Path:
         """Folder of a split: the explicit path, else ``{data_path}/[<anatomy>_]{challenge}_{split}``.

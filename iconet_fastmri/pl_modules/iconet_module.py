@@ -135,7 +135,7 @@ class IconetModule(MriModule):
             self._use_acquisition(dm.acquisition)  # built without the CLI: the data module's, as the CLI passes it
         warn_window_statistics(self.model, getattr(dm, "patch_size", None) if stage == "fit" else None)
         check_map_settings(self.hparams.coil_maps, getattr(dm, "challenge", None), self.in_chans, self.acquisition,
-                           getattr(dm, "hr_crop", None))
+                           getattr(dm, "hr_crop", None), self.hparams.lambda_phase, getattr(dm, "stores_images", True))
 
     def degrade(self, batch: IconetSample) -> Degraded:  # the acquisition of a collated batch
         return self.acquisition.simulate(batch.hr_images, batch.mask, batch.compact)

@@ -290,9 +290,10 @@ def test_shards_carry_espirit_maps_of_the_acquired_calibration_lines(espirit_sha
 def test_espirit_maps_from_other_lines_than_the_run_acquires_are_refused(espirit_shards):
     with pytest.raises(ShardSetError, match="from 16 calibration lines; this run is x2 and its mask acquires 5"):
         _espirit_dm(espirit_shards, center_fraction=0.08).setup("validate")
-    with pytest.raises(ValueError, match="ESPIRiT needs a calibration region of at least 12.*has 8"):
+    with pytest.raises(ValueError, match="ESPIRiT needs a calibration region of at least 12.*give 8"):
         prepare_shards({"val": espirit_shards / "multicoil_val"}, espirit_shards / "too_few",
                        ShardSettings("multicoil", (128, 128), espirit=(2, 8)), progress=False)
+    assert not (espirit_shards / "too_few").exists()  # refused before anything was read or written
 
 
 def test_a_run_with_espirit_maps_refuses_a_mask_with_too_few_centre_lines_at_start_up():
@@ -340,6 +341,13 @@ def test_compact_shards_give_the_hdf5_losses_and_metrics(multicoil_dir, tmp_path
                          lambda_phase=0.1, acquisition=compact.acquisition)
     with pytest.raises(ValueError, match="lambda_phase needs the HR coil images"):
         phase.training_step(next(iter(compact.val_dataloader())), 0)
+    # ... and refused at start-up, before any step (the module's setup asks the data module).
+    from iconet_fastmri.models.network_input import check_map_settings
+
+    assert not compact.stores_images and hdf5.stores_images
+    with pytest.raises(ValueError, match="lambda_phase needs the HR coil images"):
+        check_map_settings("rss", "multicoil", 2, compact.acquisition, GRID, 0.1, compact.stores_images)
+    check_map_settings("rss", "multicoil", 2, hdf5.acquisition, GRID, 0.1, hdf5.stores_images)
 
 
 def test_review_fixes_manifest_names_remote_freshness(multicoil_shards, tmp_path):

@@ -61,6 +61,15 @@ def test_prepare_shards_then_train_gives_the_hdf5_run(tmp_path):
     again = _run(tmp_path, "prepare_shards.py", "--data_path", data, "--challenge", "multicoil",
                  "--hr_crop", 32, 32, "--out", shards, "--volumes_per_part", 1, "--chunk_bytes", "64KB")
     assert again.returncode == 0 and "train: 2 volume(s)" in again.stdout  # finished: nothing to redo
+    # The compact layout and ESPIRiT flags from the command line: a compact set is written; ESPIRiT from
+    # round(16 * 0.25) = 4 centre lines is refused at start-up, as a message, before anything is written.
+    compact = _run(tmp_path, "prepare_shards.py", "--data_path", data, "--challenge", "multicoil", "--hr_crop", 32, 32,
+                   "--out", tmp_path / "compact", "--compact_scale", 2, "--chunk_bytes", "64KB")
+    assert compact.returncode == 0 and "val: 2 volume(s), 4 slice(s)" in compact.stdout, compact.stderr
+    few = _run(tmp_path, "prepare_shards.py", "--data_path", data, "--challenge", "multicoil", "--hr_crop", 32, 32,
+               "--out", tmp_path / "esp", "--espirit_scale", 2, "--espirit_center_fraction", 0.25)
+    assert few.returncode == 1 and "these settings give 4" in few.stderr and "Traceback" not in few.stderr
+    assert not (tmp_path / "esp").exists()
     other = _run(tmp_path, "prepare_shards.py", "--data_path", data, "--challenge", "multicoil",
                  "--hr_crop", 16, 16, "--out", shards)
     assert other.returncode == 1 and "other settings" in other.stderr and "Traceback" not in other.stderr
