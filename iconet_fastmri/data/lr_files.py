@@ -18,7 +18,8 @@ model's LR grid), the model's k-space is exactly ``kspace / s``, and a file made
 from an HR file gives exactly the retrospective pipeline's input
 (``tests/data/test_lr_files.py``). With oversampling the image is cropped
 after the inverse FFT, which does not commute exactly with the truncation of
-the retrospective pipeline (crop, then truncate).
+the retrospective pipeline (crop, then truncate); :func:`crop_order_difference`
+gives the difference and a bound derived from the operators.
 
 File layout: ``kspace`` ``(S, [C,] h_k, w_k)`` complex64 with zero columns where
 not acquired; ``mask`` ``(S, w_k)`` (1D masks) or ``(S, h_k, w_k)`` float32, 1 =
@@ -41,11 +42,11 @@ import torch
 from ..io import atomic_write
 from ..physics.fft import fft2c, ifft2c
 from ..physics.masks import eval_mask_seed
-from ..physics.operators import check_scale, crop_kspace, intensity_factor
+from ..physics.operators import check_scale, crop_kspace, intensity_factor, pad_kspace
 from .transforms import center_crop_2d
 
 __all__ = ["is_lr_acquisition_folder", "LrScan", "lr_header", "make_lr_volume", "write_lr_file", "read_lr_file", "model_grid_kspace",
-           "central_block"]
+           "central_block", "crop_order_difference"]
 
 ISMRMRD = "http://www.ismrm.org/ISMRMRD"
 
@@ -279,3 +280,55 @@ def model_grid_kspace(scan: LrScan, slice_num: int, scale: int, lr_grid: Tuple[i
     if not torch.equal(m, m[:1].expand_as(m)):
         raise ValueError(f"{scan.fname}: a mask that varies along the oversampled readout cannot be cropped")
     return fft2c(image) * m[:1], m[:1].expand(h, w)[None].contiguous()
+
+
+def _band_projection(images: torch.Tensor, band: Tuple[int, int]) -> torch.Tensor:
+    """``Π``: the orthogonal projection of images onto the centred ``band`` of their own grid's k-space."""
+    grid = tuple(images.shape[-2:])
+    a2 = intensity_factor(band, grid) ** 2  # crop_kspace then pad_kspace multiply by it
+    return ifft2c(pad_kspace(crop_kspace(fft2c(images), band), grid)) / a2
+
+
+def crop_order_difference(kspace: torch.Tensor, hr_crop: Tuple[int, int], scale: int) -> Dict[str, torch.Tensor]:
+    """How the acquired LR image of an oversampled scan differs from the retrospective one, and a bound.
+
+    ``kspace`` ``(..., H_k, W_k)`` is one HR slice on its encoded grid (``X = F⁻¹ kspace``), ``C`` the
+    centre crop to ``hr_crop`` (the HR grid rule), ``S`` taking every s-th pixel of the HR grid, and
+    ``Π_enc``/``Π_rec`` the projections onto the LR band of the encoded/reconstructed grid. Then
+
+    * acquired (truncate on the encoded grid, then crop): ``b = S·C·Π_enc X``;
+    * retrospective (crop, then truncate): ``a = S·Π_rec·C X``;
+
+    (both exactly, with the unitary FFTs and the truncation's factor ``1/s``: an LR pixel is the
+    band-limited HR image at that point). Hence ``b − a = S·(v₁ − v₂)`` with
+
+    * ``v₁ = (I − Π_rec)·C·Π_enc X``: what cropping the band-limited image puts outside the band;
+    * ``v₂ = Π_rec·C·(I − Π_enc) X``: what cropping the out-of-band content puts inside it;
+
+    and, as ``S`` keeps a subset of the pixels (``‖S v‖ ≤ ‖v‖``) and a band-limited image keeps
+    ``1/s`` of its norm on the subsampled grid (``‖S v₂‖ = ‖v₂‖/s``),
+    ``‖b − a‖ ≤ ‖v₁‖ + ‖v₂‖/s``. Both terms live at the crop's border (a crop of a smooth image
+    changes only its periodic wrap), so the bound and the difference shrink with the border's share.
+    The same bound holds for the magnitudes (``| |b| − |a| | ≤ |b − a|`` per pixel and coil).
+
+    Returns ``acquired``, ``retrospective`` (LR images), ``difference`` (``‖b − a‖``) and ``bound``
+    (``‖v₁‖ + ‖v₂‖/s``), norms over the last two axes.
+    """
+    s = check_scale(scale)
+    H, W = int(hr_crop[0]), int(hr_crop[1])
+    Hk, Wk = kspace.shape[-2:]
+    if Hk % s or Wk % s or H % s or W % s or (Hk - H) % (2 * s) or (Wk - W) % (2 * s):
+        raise ValueError(f"encoded {Hk}x{Wk} and crop {H}x{W} must both divide by {s}, and their margins by {2 * s}, "
+                         f"for the LR grids to line up")
+    lr, lr_enc = (H // s, W // s), (Hk // s, Wk // s)
+    acquired = center_crop_2d(ifft2c(crop_kspace(kspace, lr_enc)), lr)
+    images = ifft2c(kspace)
+    cropped = center_crop_2d(images, (H, W))
+    retrospective = ifft2c(crop_kspace(fft2c(cropped), lr))
+    low = _band_projection(images, lr_enc)
+    low_cropped = center_crop_2d(low, (H, W))
+    v1 = low_cropped - _band_projection(low_cropped, lr)
+    v2 = _band_projection(center_crop_2d(images - low, (H, W)), lr)
+    norm = lambda x: x.flatten(-2).norm(dim=-1)  # noqa: E731
+    return {"acquired": acquired, "retrospective": retrospective, "difference": norm(acquired - retrospective),
+            "bound": norm(v1) + norm(v2) / s}
