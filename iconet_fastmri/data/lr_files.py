@@ -46,7 +46,7 @@ from ..physics.operators import check_scale, crop_kspace, intensity_factor, pad_
 from .transforms import center_crop_2d
 
 __all__ = ["is_lr_acquisition_folder", "LrScan", "lr_header", "make_lr_volume", "write_lr_file", "read_lr_file", "model_grid_kspace",
-           "central_block", "crop_order_difference"]
+           "central_block", "crop_order_difference", "phase_encode_samples"]
 
 ISMRMRD = "http://www.ismrm.org/ISMRMRD"
 
@@ -258,8 +258,9 @@ def model_grid_kspace(scan: LrScan, slice_num: int, scale: int, lr_grid: Tuple[i
     convention) and transformed back. A readout-oversampled file keeps its mask
     when the mask is constant along the readout. Phase-encode oversampling
     (``w_k > w``) changes the field of view along the undersampled axis, so no
-    mask exists on the model's grid: allowed only with ``with_mask=False``
-    (magnitude models without data consistency), which returns ``None`` for it.
+    mask exists on the model's grid: allowed only with ``with_mask=False``, which
+    returns ``None`` for it (the zero-filled image cropped: the network's input);
+    data consistency uses :func:`phase_encode_samples` instead.
     """
     s = check_scale(scale)
     h, w = int(lr_grid[0]), int(lr_grid[1])
@@ -280,6 +281,32 @@ def model_grid_kspace(scan: LrScan, slice_num: int, scale: int, lr_grid: Tuple[i
     if not torch.equal(m, m[:1].expand_as(m)):
         raise ValueError(f"{scan.fname}: a mask that varies along the oversampled readout cannot be cropped")
     return fft2c(image) * m[:1], m[:1].expand(h, w)[None].contiguous()
+
+
+def phase_encode_samples(scan: LrScan, slice_num: int, scale: int, lr_grid: Tuple[int, int]
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The measured samples of a phase-encode oversampled slice on the model's rows: ``(kspace (C, h, w_k), mask (1, h, w_k))``.
+
+    In training's intensity convention (``kspace / s``); an oversampled readout is
+    cropped to the model's ``h`` rows in the image domain, exact because the readout
+    is fully sampled (a mask that varies along it is refused). The columns keep the
+    scan's wider field of view: data consistency reaches them through
+    :class:`~iconet_fastmri.physics.operators.PhaseEncodeOversampling`.
+    """
+    s = check_scale(scale)
+    h, w = int(lr_grid[0]), int(lr_grid[1])
+    k = torch.from_numpy(scan.kspace[slice_num]) / s
+    m = torch.from_numpy(scan.mask[slice_num])
+    hk, wk = k.shape[-2:]
+    if hk < h or wk <= w:
+        raise ValueError(f"{scan.fname}: its {hk}x{wk} matrix does not oversample the phase encode of the model's "
+                         f"LR grid {h}x{w}")
+    if hk != h:
+        if not torch.equal(m, m[:1].expand_as(m)):
+            raise ValueError(f"{scan.fname}: a mask that varies along the oversampled readout cannot be cropped")
+        k = fft2c(center_crop_2d(ifft2c(k), (h, wk))) * m[:1]
+        m = m[:1].expand(h, wk)
+    return k, m[None].contiguous()
 
 
 def _band_projection(images: torch.Tensor, band: Tuple[int, int]) -> torch.Tensor:

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..physics.operators import check_scale
+from ..physics.operators import PhaseEncodeOversampling, check_scale
 
 __all__ = [
     "SROutput",
@@ -206,6 +206,7 @@ class SRModel(nn.Module):
         measured_kspace: Optional[torch.Tensor],
         mask: Optional[torch.Tensor],
         maps: Optional[torch.Tensor] = None,
+        encoding: Optional[PhaseEncodeOversampling] = None,
     ) -> None:
         """Raise a clear ``ValueError`` for an input this model cannot take."""
         if x.dim() != 4 or x.shape[1] != self.in_chans:
@@ -225,10 +226,16 @@ class SRModel(nn.Module):
                 "measured_kspace must be a native complex tensor (B, C, h, w), centred "
                 "(e.g. Degraded.lr_observed)"
             )
-        if measured_kspace.shape[-2:] != x.shape[-2:]:
+        grid = tuple(x.shape[-2:])
+        if encoding is not None and (encoding.grid != grid or tuple(measured_kspace.shape[-2:]) != encoding.wide):
+            raise ValueError(
+                f"a phase-encode oversampled measurement {tuple(measured_kspace.shape[-2:])} with an encoding from "
+                f"{encoding.grid} to {encoding.wide} does not fit the LR input grid {grid}"
+            )
+        if encoding is None and tuple(measured_kspace.shape[-2:]) != grid:
             raise ValueError(
                 f"measured_kspace grid {tuple(measured_kspace.shape[-2:])} does not match the "
-                f"LR input grid {tuple(x.shape[-2:])}"
+                f"LR input grid {grid}"
             )
         coils = measured_kspace.shape[1]
         if maps is None and coils > 1:
@@ -247,7 +254,8 @@ class SRModel(nn.Module):
     ) -> SROutput:  # pragma: no cover - abstract
         """The network on normalised inputs; returns its outputs in the same units.
 
-        Multi-coil data consistency also passes ``maps=`` (keyword), only when maps are given.
+        Multi-coil data consistency also passes ``maps=`` (keyword), only when maps are given, and a
+        phase-encode oversampled scan ``encoding=``, only then.
         """
         raise NotImplementedError
 
@@ -258,6 +266,7 @@ class SRModel(nn.Module):
         mask: Optional[torch.Tensor] = None,
         maps: Optional[torch.Tensor] = None,
         norm_scale: Optional[torch.Tensor] = None,
+        encoding: Optional[PhaseEncodeOversampling] = None,
     ) -> SROutput:
         """Super-resolve an LR image.
 
@@ -274,14 +283,17 @@ class SRModel(nn.Module):
             norm_scale: ``(B, 1, 1, 1)`` scale of the whole slices ``x`` was cut from
                 (:func:`per_slice_scale` of their input); default: computed from ``x``,
                 which must then be whole slices. Ignored when the model does not normalise.
+            encoding: a real scan's oversampled phase encode
+                (:class:`~iconet_fastmri.physics.operators.PhaseEncodeOversampling`);
+                ``measured_kspace`` and ``mask`` are then on its wide grid.
 
         Returns:
             :class:`SROutput` in the input's intensity units; 1-channel outputs are >= 0.
         """
-        self.check_inputs(x, measured_kspace, mask, maps if self.uses_kspace else None)
+        self.check_inputs(x, measured_kspace, mask, maps if self.uses_kspace else None, encoding)
         if not self.uses_kspace:
-            measured_kspace = mask = maps = None
-        extra = {} if maps is None else {"maps": maps}
+            measured_kspace = mask = maps = encoding = None
+        extra = {key: value for key, value in (("maps", maps), ("encoding", encoding)) if value is not None}
         if not self.normalize:
             return self._nonnegative(self.run(x, measured_kspace, mask, **extra))
         scale = per_slice_scale(x, self.norm_eps) if norm_scale is None else check_norm_scale(norm_scale, x)

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..physics.operators import PhaseEncodeOversampling
 from ..physics.sense import sense_data_consistency
 from .blocks import BLOCK_TYPES, build_block
 from .common import SRModel, SROutput, channels_to_complex, complex_to_channels, upsample_bicubic
@@ -240,23 +241,24 @@ class ICONet(SRModel):
 
     def _apply_dc(
         self, rec: torch.Tensor, measured: torch.Tensor, mask: torch.Tensor, stage: int,
-        maps: Optional[torch.Tensor] = None,
+        maps: Optional[torch.Tensor] = None, encoding: Optional[PhaseEncodeOversampling] = None,
     ) -> torch.Tensor:
         # rec: (B, 2, H', W') real/imag in normalised units; measured: (B, C, h, w) complex.
         image = channels_to_complex(rec)
         lam = None
         if self.dc_mode == "soft":
             lam = F.softplus(self.dc_lambda_raw[stage]).to(image.real.dtype)
-        corrected = sense_data_consistency(image, measured.to(image.dtype), mask, maps, lam)
+        corrected = sense_data_consistency(image, measured.to(image.dtype), mask, maps, lam, encoding)
         return complex_to_channels(corrected).to(rec.dtype)
 
     def _apply_dc_sr(
-        self, sr: torch.Tensor, measured: torch.Tensor, mask: torch.Tensor, maps: Optional[torch.Tensor] = None
+        self, sr: torch.Tensor, measured: torch.Tensor, mask: torch.Tensor, maps: Optional[torch.Tensor] = None,
+        encoding: Optional[PhaseEncodeOversampling] = None,
     ) -> torch.Tensor:
         # DC of the HR estimate: through the truncation T only the measured LR frequencies change.
         image = channels_to_complex(sr)
         lam = F.softplus(self.dc_sr_lambda_raw).to(image.real.dtype) if self.dc_sr_mode == "soft" else None
-        corrected = sense_data_consistency(image, measured.to(image.dtype), mask, maps, lam)
+        corrected = sense_data_consistency(image, measured.to(image.dtype), mask, maps, lam, encoding)
         return complex_to_channels(corrected).to(sr.dtype)
 
     def run(
@@ -265,6 +267,7 @@ class ICONet(SRModel):
         measured: Optional[torch.Tensor],
         mask: Optional[torch.Tensor],
         maps: Optional[torch.Tensor] = None,
+        encoding: Optional[PhaseEncodeOversampling] = None,
     ) -> SROutput:
         """The stages on a normalised LR image (see :meth:`SRModel.forward` for the arguments)."""
         feats = self.head(image)
@@ -279,7 +282,7 @@ class ICONet(SRModel):
                 rec = self.rec_tails[k](rec_feats) + previous
                 if self.dc_mode != "none":
                     assert measured is not None and mask is not None  # checked by forward
-                    rec = self._apply_dc(rec, measured, mask, k, maps)
+                    rec = self._apply_dc(rec, measured, mask, k, maps, encoding)
                 rec_stages.append(rec)
                 base = rec
             else:
@@ -290,5 +293,5 @@ class ICONet(SRModel):
             previous = sr
         if self.dc_sr_mode != "none":
             assert measured is not None and mask is not None  # checked by forward
-            sr_stages[-1] = self._apply_dc_sr(sr_stages[-1], measured, mask, maps)
+            sr_stages[-1] = self._apply_dc_sr(sr_stages[-1], measured, mask, maps, encoding)
         return SROutput(sr=sr_stages[-1], sr_stages=sr_stages, rec_stages=rec_stages)

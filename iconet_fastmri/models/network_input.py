@@ -29,7 +29,8 @@ class NetworkInput:
         image: ``(B, 1, h, w)`` magnitude or ``(B, 2, h, w)`` (real, imag) LR image.
         maps: the coil maps ``(B, C, h, w)`` of complex multi-coil batches, else ``None``.
         dc: keyword arguments of a network with data consistency
-            (``measured_kspace``, ``mask`` and, for multi-coil data, ``maps``); empty otherwise.
+            (``measured_kspace``, ``mask`` and, for multi-coil data, ``maps``; for a real scan with
+            an oversampled phase encode also ``encoding``); empty otherwise.
         norm_scale: ``(B, 1, 1, 1)`` normalisation scale of the whole slices ``image`` was cut
             from (:func:`~iconet_fastmri.models.patches.cut_patches`); ``None`` for whole
             slices, whose model computes it from ``image``.
@@ -37,7 +38,7 @@ class NetworkInput:
 
     image: torch.Tensor
     maps: Optional[torch.Tensor] = None
-    dc: Dict[str, torch.Tensor] = field(default_factory=dict)
+    dc: Dict[str, Any] = field(default_factory=dict)
     norm_scale: Optional[torch.Tensor] = None
 
 
@@ -76,16 +77,17 @@ def network_input(deg: Degraded, in_chans: int, uses_dc: bool = False,
 
 
 def measured_input(lr_observed: torch.Tensor, mask: torch.Tensor, in_chans: int, uses_dc: bool = False,
-                   estimate_maps: MapEstimator = estimate_maps_rss) -> NetworkInput:
+                   estimate_maps: MapEstimator = estimate_maps_rss, maps: Optional[torch.Tensor] = None) -> NetworkInput:
     """The network input of a real acquisition: its measured LR k-space ``(B, C, h, w)`` on the model's grid.
 
     The same input :func:`network_input` forms from a simulated batch (tested equal),
     from the measured samples alone: the RSS of the zero-filled coil images
     (magnitude mode), the zero-filled image (complex, single-coil) or its SENSE
     combination with maps from the calibration lines (complex, multi-coil). For
-    files read by :func:`~iconet_fastmri.data.lr_files.model_grid_kspace`.
+    files read by :func:`~iconet_fastmri.data.lr_files.model_grid_kspace`. ``maps`` given (complex,
+    multi-coil) are used instead of an estimate.
     """
-    maps = None
+    given, maps = maps, None
     images = ifft2c(lr_observed)
     if in_chans == 1:
         image = rss(images)
@@ -93,7 +95,7 @@ def measured_input(lr_observed: torch.Tensor, mask: torch.Tensor, in_chans: int,
         z = images
         if lr_observed.shape[1] > 1:
             with torch.autocast(device_type=lr_observed.device.type, enabled=False):
-                maps = estimate_maps(lr_observed, mask)
+                maps = estimate_maps(lr_observed, mask) if given is None else given
                 z = sense_combine(images, maps)
         image = torch.cat([z.real, z.imag], dim=1)
     dc: Dict[str, torch.Tensor] = {}

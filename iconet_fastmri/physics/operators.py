@@ -13,6 +13,8 @@ convention of :mod:`.fft` (centred, orthonormal, last two dimensions).
 * :func:`sinc_upsample` (zero-padding interpolation) and :func:`rss` (coil
   combination; the magnitude for one coil). Data consistency goes through the
   SENSE operator ``A``: :func:`~.sense.sense_data_consistency`.
+* :class:`PhaseEncodeOversampling`: the samples of a real scan whose phase encode
+  covers a wider field of view than the model's grid.
 
 Operators follow one small protocol, :class:`LinearOperator`: ``forward``
 and ``adjoint``, each tested for ``<A x, y> == <x, Aᴴ y>`` with the shared
@@ -40,6 +42,7 @@ __all__ = [
     "rss",
     "LinearOperator",
     "KSpaceTruncation",
+    "PhaseEncodeOversampling",
 ]
 
 #: Scales the package supports: ICONet upsamples in x2 stages.
@@ -223,3 +226,48 @@ class KSpaceTruncation(LinearOperator):
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         self._check(y, self.lr_shape, "KSpaceTruncation.adjoint")
         return pad_kspace(y, self.hr_shape)
+
+
+class PhaseEncodeOversampling(LinearOperator):
+    """``E = M · F_wide · P · F⁻¹``: the samples a scan with an oversampled phase encode takes of a model-grid image.
+
+    A scan whose phase encode covers a wider field of view than the reconstruction
+    samples k-space on an ``(h, w_k)`` grid (``w_k > w``; readout oversampling is
+    cropped beforehand, exactly, as it is fully sampled). ``forward`` takes the
+    model's LR k-space ``(..., h, w)``, pads its image with zeros to the wide field
+    of view (``P``: the adjoint of the fastMRI centre crop, start ``(w_k - w) // 2``),
+    transforms it back and keeps the acquired samples (``M``, broadcastable to
+    ``(..., h, w_k)``); ``adjoint`` is ``F · Pᴴ · F_wide⁻¹ · M``. Data consistency
+    through ``E`` (:func:`~.sense.sense_data_consistency` with ``encoding=``) is the
+    hard (or soft) projection on the wide grid, keeping what lies outside the
+    reconstructed field of view fixed (the caller subtracts its samples from the
+    measurements).
+
+    Args:
+        mask: acquired samples on the wide grid, broadcastable to ``(..., h, w_k)``.
+        grid: the model's LR grid ``(h, w)``.
+    """
+
+    def __init__(self, mask: torch.Tensor, grid: Sequence[int]) -> None:
+        self.mask = mask
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.wide = (int(mask.shape[-2]), int(mask.shape[-1]))
+        if self.wide[0] != self.grid[0] or self.wide[1] < self.grid[1]:
+            raise ValueError(f"a phase-encode oversampled grid {self.wide[0]}x{self.wide[1]} must have the model grid's "
+                             f"{self.grid[0]} rows and at least its {self.grid[1]} columns")
+        self.start = (self.wide[1] - self.grid[1]) // 2
+
+    def to(self, device: torch.device) -> "PhaseEncodeOversampling":
+        return PhaseEncodeOversampling(self.mask.to(device), self.grid)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-grid LR k-space ``(..., h, w)`` -> acquired samples ``(..., h, w_k)``."""
+        image = ifft2c(x)
+        wide = image.new_zeros(*image.shape[:-1], self.wide[1])
+        wide[..., self.start:self.start + self.grid[1]] = image
+        return fft2c(wide) * self.mask
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Samples ``(..., h, w_k)`` -> model-grid LR k-space ``(..., h, w)``."""
+        image = ifft2c(y * self.mask)
+        return fft2c(image[..., self.start:self.start + self.grid[1]].contiguous())

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from .fft import fft2c, ifft2c
-from .operators import LinearOperator, crop_kspace, intensity_factor, pad_kspace, rss, sinc_upsample
+from .operators import LinearOperator, PhaseEncodeOversampling, crop_kspace, intensity_factor, pad_kspace, rss, sinc_upsample
 
 __all__ = [
     "calibration_region",
@@ -288,6 +288,7 @@ def sense_data_consistency(
     mask: torch.Tensor,
     maps: Optional[torch.Tensor] = None,
     lam: Optional[torch.Tensor] = None,
+    encoding: Optional[PhaseEncodeOversampling] = None,
 ) -> torch.Tensor:
     """Data consistency of a complex image through the SENSE model ``A = M · F · T · S``.
 
@@ -299,18 +300,26 @@ def sense_data_consistency(
         maps: sensitivities ``(B, C, h', w')`` on any grid (moved to the image's
             with :func:`maps_on_grid`), ``Σ_c |S_c|² = 1``; ``None`` for single-coil.
         lam: ``None`` for hard DC, else soft DC with weight ``λ / (1 + λ)``.
+        encoding: for a real scan whose phase encode is oversampled: its samples
+            ``E`` (:class:`~.operators.PhaseEncodeOversampling`, which holds the
+            mask); ``measured`` ``(B, C, h, w_k)`` are then its samples less those of
+            what lies outside the model's field of view, and ``A = E · T · S``.
 
     Returns:
         The corrected image ``(B, 1, H, W)`` (see the module docstring).
     """
     grid = (image.shape[-2], image.shape[-1])
-    lr = (measured.shape[-2], measured.shape[-1])
+    lr = encoding.grid if encoding is not None else (measured.shape[-2], measured.shape[-1])
     if maps is not None:
         maps = maps_on_grid(maps.to(image.dtype), grid)
-    op = SenseOperator(maps, mask.to(torch.float32), lr_shape=lr, image_shape=grid)
     weight = 1.0 if lam is None else lam / (1.0 + lam)
     a2 = intensity_factor(lr, grid) ** 2 if grid != lr else 1.0
-    return image + op.adjoint(weight * (measured - op.forward(image))) / a2
+    if encoding is None:
+        op = SenseOperator(maps, mask.to(torch.float32), lr_shape=lr, image_shape=grid)
+        return image + op.adjoint(weight * (measured - op.forward(image))) / a2
+    op = SenseOperator(maps, torch.ones(()), lr_shape=lr, image_shape=grid)
+    residual = encoding.adjoint(weight * (measured - encoding.forward(op.forward(image))))
+    return image + op.adjoint(residual) / a2
 
 
 def complex_targets(hr_images: torch.Tensor, grids: Sequence[Sequence[int]],

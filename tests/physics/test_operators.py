@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from helpers.adjoint import assert_adjoint
-from iconet_fastmri.physics.fft import fft2c
+from iconet_fastmri.physics.fft import fft2c, ifft2c
 from iconet_fastmri.physics.operators import (
     KSpaceTruncation,
+    PhaseEncodeOversampling,
     crop_kspace,
     pad_kspace,
 )
@@ -72,3 +73,58 @@ def test_hard_and_soft_data_consistency(grid):
     # Soft DC: lambda = 0 leaves the image alone, a huge lambda is hard DC.
     assert torch.allclose(data_consistency(image, measured, mask, torch.tensor(0.0)), image, atol=1e-5)
     assert torch.allclose(data_consistency(image, measured, mask, torch.tensor(1e8)), out, atol=1e-4)
+
+
+def _wide_mask(b, h, wk, seed):
+    g = torch.Generator().manual_seed(seed)
+    cols = (torch.rand(b, 1, 1, wk, generator=g) < 0.4).float()
+    cols[..., wk // 2 - 2: wk // 2 + 2] = 1
+    return cols.expand(b, 1, h, wk)
+
+
+@pytest.mark.parametrize("grid,wide", [((8, 8), 10), ((6, 9), 12), ((8, 8), 8)])
+def test_phase_encode_oversampling_is_adjoint_and_is_the_mask_without_oversampling(grid, wide):
+    mask = _wide_mask(2, grid[0], wide, seed=1)
+    op = PhaseEncodeOversampling(mask, grid)
+    x = _images(2, 3, *grid, seed=6, dtype=torch.complex128)
+    y = _images(2, 3, grid[0], wide, seed=7, dtype=torch.complex128)
+    assert_adjoint(op, op.adjoint, x, y, rtol=1e-12)
+    if wide == grid[1]:  # no oversampling: E is the mask
+        torch.testing.assert_close(op(x), x * mask, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="at least its 8 columns"):
+        PhaseEncodeOversampling(torch.ones(1, 1, 8, 6), (8, 8))
+
+
+@pytest.mark.parametrize("coils", [1, 3])
+def test_dc_through_the_wide_grid_restores_the_scan_and_moves_towards_its_samples(coils):
+    """A phase-encode oversampled scan (12 columns for an 8-column grid), its outside content subtracted.
+
+    Fully sampled, hard DC of any image gives an LR band equal to the scan's own image cropped to the
+    grid (exact; single-coil from the HR grid through the truncation, 3 coils on the LR grid, where
+    the maps need no interpolation); undersampled, it halves the samples' residual at least. (That the
+    output and some outside content explain the samples exactly: ``tests/entry/test_acquired.py``.)
+    """
+    h, w, wk = 8, 8, 12
+    g = torch.Generator().manual_seed(coils)
+    maps = torch.randn(2, coils, h, w, dtype=torch.complex64, generator=g) if coils > 1 else None
+    if maps is not None:
+        maps = maps / maps.abs().pow(2).sum(1, keepdim=True).sqrt()
+    inside = torch.randn(2, 1, h, w, dtype=torch.complex64, generator=g)
+    wide = torch.randn(2, coils, h, wk, dtype=torch.complex64, generator=g)  # content outside the field of view
+    wide[..., 2:2 + w] = inside if maps is None else maps * inside
+    outside = wide.clone()
+    outside[..., 2:2 + w] = 0
+    grid = (2 * h, 2 * w) if maps is None else (h, w)
+    image = torch.randn(2, 1, *grid, dtype=torch.complex64, generator=g)
+
+    def residual(x, op, samples):
+        coil_lr = ifft2c(crop_kspace(fft2c(x), (h, w))) * (1 if maps is None else maps)
+        return float((op(fft2c(coil_lr)) + fft2c(outside) * op.mask - samples).norm() / samples.norm())
+
+    for mask in (torch.ones(2, 1, h, wk), _wide_mask(2, h, wk, seed=3)):
+        op = PhaseEncodeOversampling(mask, (h, w))
+        samples = fft2c(wide) * mask
+        out = sense_data_consistency(image, samples - fft2c(outside) * mask, mask, maps, None, op)
+        if mask.all():
+            torch.testing.assert_close(crop_kspace(fft2c(out), (h, w)), fft2c(inside), rtol=0, atol=1e-5)
+        assert residual(out, op, samples) < 0.5 * residual(image, op, samples)
