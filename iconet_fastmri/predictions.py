@@ -10,6 +10,7 @@ atomically as soon as its last slice arrives.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from . import __version__
+from .data.lr_dataset import AcquiredChunk, AcquiredChunks, AcquiredVolume
 from .io import atomic_write, check_outputs_apart
 from .physics.masks import MaskConfig
 
@@ -31,6 +33,8 @@ __all__ = [
     "check_writable",
     "input_folders",
     "volume_attributes",
+    "acquired_attributes",
+    "write_acquired_table",
     "VolumeAssembler",
     "PredictionWriter",
 ]
@@ -92,6 +96,36 @@ def volume_attributes(
     }
 
 
+def acquired_attributes(method: str, checkpoint: Optional[str], scale: int) -> Dict[str, Any]:
+    """The attributes every reconstruction of a real low-resolution scan carries (no simulated mask)."""
+    return {"method": method, "checkpoint": str(checkpoint) if checkpoint else "", "scale": int(scale),
+            "source": "acquired", "iconet_fastmri_version": __version__}
+
+
+def write_acquired_table(out_dir: Path, volumes: Sequence[AcquiredVolume], volume_attrs: Mapping[str, Mapping[str, Any]],
+                         scale: int) -> List[Dict[str, Any]]:
+    """``out_dir/acquired.csv``: per written volume its grids, accelerations and DC residual; returns the rows."""
+    rows = []
+    for vol in volumes:
+        if vol.fname not in volume_attrs:
+            continue
+        attrs = volume_attrs[vol.fname]
+        rows.append({"file": vol.fname, "slices": vol.slices, "lr_grid": f"{vol.recon[0]}x{vol.recon[1]}",
+                     "output_grid": f"{scale * vol.recon[0]}x{scale * vol.recon[1]}",
+                     "acceleration_lr": round(float(attrs["effective_acceleration_lr"]), 3),
+                     "acceleration_hr": round(float(attrs["effective_acceleration"]), 3),
+                     "dc_residual": float(attrs.get("dc_residual", float("nan")))})
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["file"])
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(Path(out_dir) / "acquired.csv", write)
+    return rows
+
+
 class VolumeAssembler:
     """Collect slices per volume and write each volume when its last slice arrives.
 
@@ -113,15 +147,18 @@ class VolumeAssembler:
         self.expected = dict(expected)
         self.attrs = dict(attrs)
         self.acquisitions = dict(acquisitions or {})
-        self.pending: Dict[str, Dict[int, Tuple[np.ndarray, float]]] = {}
+        self.pending: Dict[str, Dict[int, Tuple[np.ndarray, float, Mapping[str, float]]]] = {}
         self.written: List[Path] = []
+        self.volume_attrs: Dict[str, Dict[str, Any]] = {}
 
-    def add(self, fname: str, slice_num: int, image: np.ndarray, lr_acceleration: float) -> None:
-        """One slice's HR magnitude and the acceleration of its LR mask."""
+    def add(self, fname: str, slice_num: int, image: np.ndarray, lr_acceleration: float,
+            extra: Optional[Mapping[str, float]] = None) -> None:
+        """One slice's HR magnitude, the acceleration of its LR mask and per-slice numbers averaged
+        into the volume's attributes (``extra``, e.g. ``dc_residual``)."""
         if fname in self.done or (self.owned is not None and fname not in self.owned):
             return  # written already, or another rank's (padding)
         slices = self.pending.setdefault(fname, {})
-        slices[int(slice_num)] = (np.asarray(image, dtype=np.float32), float(lr_acceleration))
+        slices[int(slice_num)] = (np.asarray(image, dtype=np.float32), float(lr_acceleration), dict(extra or {}))
         if len(slices) == self.expected.get(fname, -1):
             self._flush(fname)
 
@@ -131,6 +168,12 @@ class VolumeAssembler:
         grid = float(masks[0].numel())
         for i, name in enumerate(fnames):
             self.add(name, int(slice_nums[i]), images[i], grid / max(float(acquired[i]), 1.0))
+
+    def add_acquired(self, chunk: AcquiredChunk, images: np.ndarray, extras: Mapping[str, np.ndarray]) -> None:
+        """A chunk of a real low-resolution scan: images ``(B, H, W)``, per-slice ``extras``; its file's R."""
+        for i, number in enumerate(chunk.slice_num.tolist()):
+            self.add(chunk.fname, number, images[i], chunk.acceleration,
+                     {key: float(values[i]) for key, values in extras.items()})
 
     def _flush(self, name: str) -> None:
         slices = self.pending.pop(name)
@@ -142,8 +185,11 @@ class VolumeAssembler:
             "effective_acceleration_lr": r_lr,
             "effective_acceleration": float(self.attrs["scale"] ** 2 * r_lr),
         }
+        for key in slices[order[0]][2]:
+            attrs[key] = float(np.mean([slices[i][2][key] for i in order]))
         path = self.out_dir / name
         write_volume_atomic(path, np.stack([slices[i][0] for i in order]), attrs)
+        self.volume_attrs[name] = attrs
         self.written.append(path)
         self.done.add(name)
 
@@ -180,6 +226,9 @@ class PredictionWriter(BasePredictionWriter):
     An output folder that is, contains or lies inside one of the data module's
     split folders is refused at set-up, before the checkpoint is loaded and
     with or without ``overwrite`` (:func:`~iconet_fastmri.io.check_outputs_apart`).
+    A folder of real low-resolution scans (the data module reads it as
+    :class:`~iconet_fastmri.data.lr_dataset.AcquiredChunks`) is written as
+    ``run_inference.py --acquired`` writes it, ``acquired.csv`` included.
     """
 
     def __init__(self, out_dir: Optional[str] = None, overwrite: bool = False) -> None:
@@ -187,6 +236,7 @@ class PredictionWriter(BasePredictionWriter):
         self.out_dir = out_dir
         self.overwrite = overwrite
         self.assembler: Optional[VolumeAssembler] = None
+        self.acquired: Optional[AcquiredChunks] = None
 
     def _out(self, trainer: "pl.Trainer") -> Path:
         out = Path(self.out_dir or Path(trainer.default_root_dir) / "predictions")
@@ -212,11 +262,16 @@ class PredictionWriter(BasePredictionWriter):
                 f"pass --prediction_writer.overwrite true to replace them"
             )
         ckpt = getattr(trainer, "ckpt_path", None)
-        attrs = volume_attributes(
-            pl_module.method_name, ckpt, dm.challenge, dm.scale, dm.hr_crop, dm.pad_if_smaller, dm.mask,
-            dm.mask_seed_rule,
-        )
-        acquisitions = {Path(s.fname).name: str(s.metadata.get("acquisition", "")) for s in dataset.raw_samples}
+        self.acquired = dataset if isinstance(dataset, AcquiredChunks) else None
+        if self.acquired is not None:  # real low-resolution scans (docs/ACQUIRED.md)
+            attrs = acquired_attributes(pl_module.method_name, ckpt, dm.scale)
+            acquisitions = {v.fname: str(v.attrs.get("acquisition", "")) for v in dataset.volumes}
+        else:
+            attrs = volume_attributes(
+                pl_module.method_name, ckpt, dm.challenge, dm.scale, dm.hr_crop, dm.pad_if_smaller, dm.mask,
+                dm.mask_seed_rule,
+            )
+            acquisitions = {Path(s.fname).name: str(s.metadata.get("acquisition", "")) for s in dataset.raw_samples}
         loaders = getattr(trainer, "predict_dataloaders", None)
         sampler = getattr(loaders[0] if isinstance(loaders, (list, tuple)) else loaders, "sampler", None)
         self.assembler = VolumeAssembler(out, expected, attrs, acquisitions, getattr(sampler, "own_volumes", None))
@@ -224,11 +279,17 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx=0) -> None:
         assert self.assembler is not None
-        self.assembler.add_batch(prediction["fname"], prediction["slice_num"],
-                                 prediction["reconstruction"].float().numpy(), batch.mask)
+        images = prediction["reconstruction"].float().numpy()
+        if isinstance(batch, AcquiredChunk):
+            self.assembler.add_acquired(batch, images, {k: prediction[k].float().cpu().numpy() for k in ("dc_residual",)})
+            return
+        self.assembler.add_batch(prediction["fname"], prediction["slice_num"], images, batch.mask)
 
     def on_predict_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self.assembler is not None:
             written = self.assembler.finish()
+            if self.acquired is not None:
+                write_acquired_table(self.assembler.out_dir, self.acquired.volumes, self.assembler.volume_attrs,
+                                     trainer.datamodule.scale)
             pl.utilities.rank_zero_info(f"[iconet-fastmri] predict wrote {len(written)} volume(s) to "
                                         f"{self.assembler.out_dir}")

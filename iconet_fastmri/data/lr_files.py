@@ -241,7 +241,7 @@ def read_lr_file(path: Union[str, Path]) -> LrScan:
     if mask.shape not in ((S, 1, wk), (S, hk, wk)):
         raise ValueError(f"{path}: 'mask' has shape {mask.shape}; expected ({wk},), ({S}, {wk}), "
                          f"({hk}, {wk}) or ({S}, {hk}, {wk}) for k-space {tuple(kspace.shape)}")
-    mask = np.ascontiguousarray(np.broadcast_to(mask, (S, hk, wk)))
+    mask = np.array(np.broadcast_to(mask, (S, hk, wk)))  # a writable copy
     if not np.isin(mask, (0.0, 1.0)).all():
         raise ValueError(f"{path}: 'mask' must hold only 0 and 1")
     if np.abs(kspace * (1 - mask[:, None])).max(initial=0.0) > 0:

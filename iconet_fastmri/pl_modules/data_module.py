@@ -17,6 +17,15 @@ draws per (seed, epoch, sample) (:mod:`iconet_fastmri.data.samplers`).
 With several devices, validation/test deal whole volumes to ranks, every rank
 the same number of batches (our ``VolumeSampler``; fastmri's hangs when a rank
 gets no volume); set ``use_distributed_sampler=False`` (the CLI does).
+
+A folder of real low-resolution scans (``scripts/make_lr_acquisition.py``'s files,
+attribute ``lr_scale``) is read for ``predict`` only, as
+:class:`~iconet_fastmri.data.lr_dataset.AcquiredChunks`, on one device; any other
+stage refuses it (it has no targets).
+
+Long because it is the one place where the data settings meet Lightning's hooks:
+the constructor's checks, the split folders, four dataset kinds (HDF5, shards,
+their test part, acquired scans) and the loaders with their samplers.
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.dataset import IconetSliceDataset, shared_volumes
+from ..data.lr_dataset import AcquiredChunks, check_volumes
+from ..data.lr_files import is_lr_acquisition_folder
 from ..data.shards import ShardSettings, ShardSliceDataset, is_remote
 from ..data.transforms import IconetDataTransform
 from ..data.validation import DEFAULT_MAX_SLICE_ELEMENTS, check_grid_size
@@ -324,6 +335,9 @@ class IconetDataModule(pl.LightningDataModule):
             folder = self.split_path("val")  # fastMRI's test files have no targets: the val folder
         else:
             folder = self.split_path(split)
+        if is_lr_acquisition_folder(folder):  # real low-resolution scans: predict only (docs/ACQUIRED.md)
+            self.datasets[split] = self._acquired(folder, split)
+            return self.datasets[split]
         dataset = IconetSliceDataset(
             folder,
             self.challenge,
@@ -341,6 +355,21 @@ class IconetDataModule(pl.LightningDataModule):
         if not self.pad_if_smaller:  # a too-small volume is refused now, not when first loaded
             dataset.check_images_fit(self.hr_crop, split)
         self.datasets[split] = dataset
+        return dataset
+
+    def _acquired(self, folder: Path, split: str) -> AcquiredChunks:
+        """``predict`` on a folder of low-resolution acquisition files (``make_lr_acquisition.py``'s), one device."""
+        trainer = self.trainer
+        fn = getattr(getattr(trainer, "state", None), "fn", None)
+        if trainer is None or getattr(fn, "value", None) != "predict" or split != "test":
+            raise ValueError(f"{folder} holds low-resolution acquisitions (attribute lr_scale), not HR data: they have "
+                             f"no targets to train or score on; reconstruct them with predict or run_inference.py")
+        if trainer.world_size > 1:
+            raise ValueError(f"predict on the low-resolution acquisitions of {folder} runs on one device "
+                             f"(--trainer.devices 1); got {trainer.world_size} processes")
+        module = trainer.lightning_module
+        dataset = AcquiredChunks(folder, self.scale, module.in_chans == 2 or module.uses_dc, self.batch_size)
+        check_volumes(dataset.volumes, self.scale, module.acquisition)
         return dataset
 
     def _warn_shared_volumes(self) -> None:
@@ -369,6 +398,8 @@ class IconetDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self._dataset(split)
+        if isinstance(dataset, AcquiredChunks):  # its items are batches already, one volume each
+            return DataLoader(dataset, batch_size=None, num_workers=self.num_workers)
         world = self.trainer.world_size if self.trainer is not None else 1
         sampler = None
         if split == "train":

@@ -31,8 +31,10 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 
+from ..data.lr_dataset import AcquiredChunk
 from ..divergence import check_finite_reconstruction
 from ..metrics import VolumeAccumulator, merge_rank_results, summarize
+from ..models.measured import reconstruct_chunk
 
 __all__ = ["EvalBatch", "MriModule"]
 
@@ -135,12 +137,22 @@ class MriModule(pl.LightningModule):
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Dict[str, Any]:
         """Reconstructions keyed by (file name, slice): ``{"fname", "slice_num", "reconstruction"}``.
 
+        A batch of a real low-resolution scan (:class:`~iconet_fastmri.data.lr_dataset.AcquiredChunk`)
+        goes through :func:`~iconet_fastmri.models.measured.reconstruct_chunk` (the module must offer
+        ``in_chans``, ``uses_dc``, ``map_estimator`` and ``magnitude``) and adds ``dc_residual``.
         A NaN/Inf reconstruction is an error naming its file and slice, never written.
         """
-        reconstruction = self.reconstruct(batch).float().cpu()
-        check_finite_reconstruction(reconstruction, batch.fname, batch.slice_num,
+        extras: Dict[str, Any] = {}
+        if isinstance(batch, AcquiredChunk):  # a real low-resolution scan: no simulation, a DC residual
+            reconstruction, extras = reconstruct_chunk(self, batch)
+            fnames = [batch.fname] * int(batch.slice_num.numel())
+        else:
+            reconstruction, fnames = self.reconstruct(batch), list(batch.fname)
+        reconstruction = reconstruction.float().cpu()
+        check_finite_reconstruction(reconstruction, fnames, batch.slice_num,
                                     getattr(self, "method_name", type(self).__name__))
-        return {"fname": list(batch.fname), "slice_num": batch.slice_num.cpu(), "reconstruction": reconstruction}
+        return {"fname": fnames, "slice_num": batch.slice_num.cpu(), "reconstruction": reconstruction,
+                **{key: value.cpu() for key, value in extras.items()}}
 
     @property
     def volume_results(self) -> Dict[str, Dict[str, Dict[str, float]]]:

@@ -118,6 +118,15 @@ def test_run_inference_acquired_from_the_command_line(tmp_path):
                                "--out", str(out), *flag], cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
         assert "dc_residual" in proc.stdout and (out / "file_a.h5").exists() and (out / "acquired.csv").exists()
+    # docs/ACQUIRED.md: the CLI's predict on the same folder, as typed there.
+    proc = subprocess.run([sys.executable, str(SCRIPT.with_name("train_iconet_fastmri.py")), "predict",
+                           "--ckpt_path", str(ckpt), "--data.test_path", str(lr),
+                           "--prediction_writer.out_dir", str(tmp_path / "predicted")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with h5py.File(tmp_path / "out1" / "file_a.h5") as a, h5py.File(tmp_path / "predicted" / "file_a.h5") as b:
+        np.testing.assert_allclose(b["reconstruction"][()], a["reconstruction"][()], rtol=1e-5, atol=1e-8)
+    assert (tmp_path / "predicted" / "acquired.csv").exists()
 
 
 @pytest.mark.parametrize("coils", [0, 4])
@@ -172,3 +181,43 @@ def test_multicoil_files_with_different_coil_counts(tmp_path):
         with h5py.File(path) as f:
             assert f["reconstruction"].shape == (2, 32, 32)
         assert np.isfinite(row["dc_residual"]) and row["dc_residual"] < 0.5
+
+
+def _predict_args(tmp_path, ckpt, folder, out, stage="predict"):
+    return [stage, "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.logger", "false",
+            "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "run"),
+            "--ckpt_path", str(ckpt), "--data.data_path", str(tmp_path), "--data.test_path", str(folder),
+            "--data.batch_size", "2", "--data.num_workers", "0", "--data.use_dataset_cache", "false",
+            *(["--prediction_writer.out_dir", str(out)] if stage == "predict" else [])]
+
+
+@pytest.mark.parametrize("coils", [0, 4])
+def test_cli_predict_on_acquired_files_writes_what_run_inference_writes(tmp_path, coils):
+    """``predict`` on a folder of low-resolution acquisitions (phase-encode oversampled, the demo's shape, with
+    data consistency) writes the files, attributes and acquired.csv that run_inference.py --acquired writes;
+    ``validate`` on such a folder is refused (no targets). Failed before: the folder was read as HR data."""
+    from iconet_fastmri.cli import main
+    from iconet_fastmri.demo import write_fastmri_dataset
+
+    challenge = "multicoil" if coils else "singlecoil"
+    src = tmp_path / "src"
+    write_fastmri_dataset(src, challenge, num_volumes=2, slices=3, recon_size=(32, 32), num_coils=max(coils, 1), seed=4)
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    for f in src.glob("*.h5"):
+        write_lr_file(f, lr / f.name, 2, create_mask(**RANDOM_R4))
+    ckpt = _checkpoint(tmp_path / "m.ckpt", "complex", challenge, sr_dc="hard")
+    written, rows = reconstruct_acquired(ckpt, lr, tmp_path / "reference")
+    main(_predict_args(tmp_path, ckpt, lr, tmp_path / "predict"))
+    for ref in written:
+        with h5py.File(ref) as a, h5py.File(tmp_path / "predict" / ref.name) as b:
+            np.testing.assert_allclose(b["reconstruction"][()], a["reconstruction"][()], rtol=1e-5,
+                                       atol=1e-6 * float(a["reconstruction"][()].max()))
+            assert set(a.attrs) == set(b.attrs) and b.attrs["source"] == "acquired"
+            for key in set(a.attrs) - {"checkpoint", "dc_residual"}:
+                assert np.array_equal(np.asarray(a.attrs[key]), np.asarray(b.attrs[key])), key
+            assert b.attrs["dc_residual"] == pytest.approx(a.attrs["dc_residual"], rel=1e-3, abs=1e-6)
+    table = list(csv.DictReader(open(tmp_path / "predict" / "acquired.csv")))
+    assert [r["file"] for r in table] == [r["file"] for r in rows] and table[0]["output_grid"] == "32x32"
+    with pytest.raises(ValueError, match="holds low-resolution acquisitions .* no targets"):
+        main(_predict_args(tmp_path, ckpt, lr, None, stage="validate") + ["--data.val_path", str(lr)])
