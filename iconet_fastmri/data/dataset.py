@@ -161,6 +161,12 @@ class IconetSliceDataset(SliceDataset):
             (or skip) files with NaN, Inf or all-zero slices, so such data
             stops the run before the first step, not mid-epoch. A full read of
             the data; its result is cached per file.
+        known_entries: checked entries of another process (its :attr:`entries`,
+            e.g. rank 0's under DDP): used as cache hits where the file's size and
+            modification time match, so the value scan is not repeated.
+
+    Attributes:
+        entries: the checked entry of every kept file (keyed by its resolved path), as cached.
     """
 
     def __init__(
@@ -179,6 +185,7 @@ class IconetSliceDataset(SliceDataset):
         progress: bool = True,
         check_values: bool = True,
         max_slices: int = DEFAULT_MAX_SLICES,
+        known_entries: Optional[Dict[str, Any]] = None,
     ) -> None:
         if challenge not in ("singlecoil", "multicoil"):
             raise ValueError(f"challenge must be 'singlecoil' or 'multicoil', got {challenge!r}")
@@ -199,6 +206,7 @@ class IconetSliceDataset(SliceDataset):
         files = self._list_files(root)
         cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         cache = self._load_cache(cache_dir, root) if use_dataset_cache else {}
+        cache.update(known_entries or {})
         entries: Dict[str, Any] = {}
         self.skipped_files: List[Path] = []
         self.raw_samples: List[FastMRIRawDataSample] = []
@@ -233,6 +241,7 @@ class IconetSliceDataset(SliceDataset):
             raise FileNotFoundError(f"no usable {challenge} slices found in {root}")
         if use_dataset_cache and any(cache.get(k) != v for k, v in entries.items()):
             self._save_cache(cache_dir, root, entries)
+        self.entries = entries
 
         self.raw_samples = subsample_slices(self.raw_samples, sample_rate, volume_sample_rate, sample_seed)
 

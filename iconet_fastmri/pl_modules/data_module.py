@@ -205,6 +205,7 @@ class IconetDataModule(pl.LightningDataModule):
         self.demo_slices = demo_slices
         self.seed = seed
         self.datasets: dict = {}
+        self._known_entries: Dict[str, Dict[str, Any]] = {}  # rank 0's checked files, under DDP
 
     @property
     def scale(self) -> int:
@@ -255,7 +256,7 @@ class IconetDataModule(pl.LightningDataModule):
         return found[0]
 
     def prepare_data(self) -> None:
-        """Before :meth:`setup`, once per node: the demo data (with ``demo``) and the value scan under DDP.
+        """Before :meth:`setup`, once per node: the demo data (with ``demo``).
 
         With ``demo``: write (or reuse) the demo splits in ``data_path``, before anything else runs.
 
@@ -277,27 +278,39 @@ class IconetDataModule(pl.LightningDataModule):
                 seed=self.seed,
                 progress=True,
             )
-        self._scan_once_per_node()
 
     #: The splits a trainer entry point builds in :meth:`setup`.
     _STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
 
-    def _scan_once_per_node(self) -> None:
-        """Under DDP, read every k-space slice (``check_values``) once per node, not once per rank.
+    def _share_value_scan(self, stage: Optional[str]) -> None:
+        """Under DDP, global rank 0 reads every k-space slice (``check_values``); the other ranks wait for its result.
 
-        Lightning calls :meth:`prepare_data` on each node's local rank 0 while the
-        node's other ranks wait at a barrier; building the stage's datasets here
-        writes the value scan to the per-user cache, so the other ranks' :meth:`setup`
-        reads the result instead of the data (``tests/data/test_dataset.py``).
-        Without a trainer, on one process, or without the cache, :meth:`setup` scans as before.
+        Rank 0 builds the stage's datasets (scanning, or reading its cache) and
+        broadcasts their checked entries; every other rank, on any node, builds its
+        datasets from them (:class:`~iconet_fastmri.data.dataset.IconetSliceDataset`'s
+        ``known_entries``) without reading the data. A refusal on rank 0 (a NaN
+        file, ...) is sent too, and every rank stops with it instead of waiting.
+        The wait is a collective: a first scan longer than the process group's
+        timeout (30 min by default) needs a longer one (``DDPStrategy(timeout=...)``)
+        or shards, whose scan happened when they were written (docs/CLUSTER.md).
         """
         trainer = self.trainer
-        if (trainer is None or trainer.world_size <= 1 or self.format == "shards"
-                or not (self.use_dataset_cache and self.check_values)):
+        if (trainer is None or trainer.world_size <= 1 or self.format != "hdf5" or not self.check_values
+                or not (torch.distributed.is_available() and torch.distributed.is_initialized())):
             return
-        fn = getattr(trainer.state.fn, "value", None)
-        for split in self._STAGE_SPLITS.get(str(fn), ()):
-            self._dataset(split)
+        for split in self._STAGE_SPLITS.get(stage or "fit", ()):  # every rank takes part in every broadcast
+            payload: List[Any] = [None]
+            if trainer.global_rank == 0:
+                try:
+                    payload = [("entries", getattr(self._dataset(split), "entries", {}))]
+                except Exception as err:
+                    torch.distributed.broadcast_object_list([("error", f"{type(err).__name__}: {err}")], src=0)
+                    raise
+            torch.distributed.broadcast_object_list(payload, src=0)
+            kind, value = payload[0]
+            if kind == "error":
+                raise RuntimeError(f"rank 0 refused the {split} data, so this rank stops too: {value}")
+            self._known_entries[split] = value
 
     # ------------------------------------------------------------------ datasets
     def _dataset(self, split: str) -> IconetSliceDataset:
@@ -351,6 +364,7 @@ class IconetDataModule(pl.LightningDataModule):
             sample_seed=self.seed,
             raw_sample_filter=None if part is None else PartFilter(part, fraction),
             check_values=self.check_values,
+            known_entries=self._known_entries.get(split),
         )
         if not self.pad_if_smaller:  # a too-small volume is refused now, not when first loaded
             dataset.check_images_fit(self.hr_crop, split)
@@ -383,6 +397,7 @@ class IconetDataModule(pl.LightningDataModule):
             )
 
     def setup(self, stage: Optional[str] = None) -> None:
+        self._share_value_scan(stage)
         if stage in (None, "fit"):
             self._dataset("train")
             self._dataset("val")
