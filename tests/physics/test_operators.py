@@ -140,13 +140,14 @@ def _dc_error_by_outside_rule(reach):
     wide = obj.to(torch.complex64)[None, None]
     inside = wide[..., 4:4 + w]
     mask_func = create_mask("random", center_fractions=[0.08], accelerations=[4])
-    errors = {"zero-filled": 0.0, "zero": 0.0}
+    errors = {"zero-filled": 0.0, "zero": 0.0, "estimate": 0.0}
     for seed in range(6):
         m, _ = mask_func((h, wk), seed=seed)
         m = torch.as_tensor(m, dtype=torch.float32).reshape(h, wk)[None, None]
         op = PhaseEncodeOversampling(m, (h, w))
         samples = fft2c(wide) * m
         estimate = inside + 0.05 * torch.randn(inside.shape, generator=torch.Generator().manual_seed(seed))
+        errors["estimate"] += float((estimate - inside).norm() / inside.norm()) / 6
         zero_filled = ifft2c(samples)
         zero_filled[..., 4:4 + w] = 0
         for rule, outside in (("zero-filled", zero_filled), ("zero", torch.zeros_like(zero_filled))):
