@@ -26,8 +26,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..physics.fft import fft2c, ifft2c
 from ..physics.masks import undersampled_axes
 from .lr_files import LrScan, model_grid_kspace, phase_encode_samples, read_lr_file
+from .transforms import center_crop_2d
 
 __all__ = ["AcquiredVolume", "AcquiredChunk", "AcquiredChunks", "AccelerationWarning", "check_volumes"]
 
@@ -114,13 +116,16 @@ class AcquiredChunks(Dataset):
     def _check(self, path: Path) -> AcquiredVolume:
         scan = read_lr_file(path)
         oversampled = self.needs_mask and scan.encoded[1] > scan.recon[1]
+        two_d = _undersampled_rows(scan.mask)
+        if self.needs_mask and scan.encoded[0] != scan.recon[0] and two_d:  # any slice, not only the first
+            raise ValueError(f"{path.name}: a mask that varies along the oversampled readout cannot be cropped")
         if oversampled:  # the grid and samples the model needs exist (refusals name the file)
             phase_encode_samples(scan, 0, self.scale, scan.recon)
         else:
             model_grid_kspace(scan, 0, self.scale, scan.recon, with_mask=self.needs_mask)
         rate = float(scan.mask.size / max(float(scan.mask.sum()), 1.0))
         return AcquiredVolume(path, int(scan.kspace.shape[0]), scan.encoded, scan.recon, scan.attrs, rate,
-                              _undersampled_rows(scan.mask), oversampled)
+                              two_d, oversampled)
 
     def slices_per_volume(self) -> Dict[str, int]:
         return {vol.fname: vol.slices for vol in self.volumes}
@@ -137,10 +142,10 @@ class AcquiredChunks(Dataset):
         v, start = self.index[i]
         vol, scan = self.volumes[v], self._scan(v)
         numbers: Sequence[int] = range(start, min(start + self.batch_size, vol.slices))
-        if vol.oversampled:
-            kspace = torch.stack([model_grid_kspace(scan, j, self.scale, vol.recon, with_mask=False)[0] for j in numbers])
+        if vol.oversampled:  # the network's input: the samples' zero-filled image cropped to the grid
             parts = [phase_encode_samples(scan, j, self.scale, vol.recon) for j in numbers]
             samples, mask = torch.stack([k for k, _ in parts]), torch.stack([m for _, m in parts])
+            kspace = fft2c(center_crop_2d(ifft2c(samples), vol.recon))
         else:
             parts = [model_grid_kspace(scan, j, self.scale, vol.recon, with_mask=self.needs_mask) for j in numbers]
             kspace = samples = torch.stack([k for k, _ in parts])

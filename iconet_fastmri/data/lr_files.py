@@ -249,6 +249,31 @@ def read_lr_file(path: Union[str, Path]) -> LrScan:
     return LrScan(kspace.astype(np.complex64, copy=False), mask, encoded, recon, path.name, attrs)
 
 
+def _on_model_rows(scan: LrScan, slice_num: int, s: int, h: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(kspace / s (C, h, w_k), mask (1, h, w_k))``: an oversampled readout cropped to ``h`` rows, columns kept.
+
+    The crop is in the image domain and exact, as the readout is fully sampled; a mask
+    that varies along an oversampled readout is refused, naming the file.
+    """
+    k = torch.from_numpy(scan.kspace[slice_num]) / s
+    m = torch.from_numpy(scan.mask[slice_num])
+    hk, wk = k.shape[-2:]
+    if hk != h:
+        if not torch.equal(m, m[:1].expand_as(m)):
+            raise ValueError(f"{scan.fname}: a mask that varies along the oversampled readout cannot be cropped")
+        k = fft2c(center_crop_2d(ifft2c(k), (h, wk))) * m[:1]
+        m = m[:1].expand(h, wk)
+    return k, m[None].contiguous()
+
+
+def _check_grid(scan: LrScan, lr_grid: Tuple[int, int]) -> Tuple[int, int]:
+    h, w = int(lr_grid[0]), int(lr_grid[1])
+    hk, wk = scan.kspace.shape[-2:]
+    if hk < h or wk < w:
+        raise ValueError(f"{scan.fname}: its {hk}x{wk} matrix is smaller than the model's LR grid {h}x{w}")
+    return h, w
+
+
 def model_grid_kspace(scan: LrScan, slice_num: int, scale: int, lr_grid: Tuple[int, int], with_mask: bool = True
                       ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """One slice on the model's LR grid, in training's intensity convention: ``(kspace (C, h, w), mask (1, h, w))``.
@@ -263,24 +288,16 @@ def model_grid_kspace(scan: LrScan, slice_num: int, scale: int, lr_grid: Tuple[i
     data consistency uses :func:`phase_encode_samples` instead.
     """
     s = check_scale(scale)
-    h, w = int(lr_grid[0]), int(lr_grid[1])
-    k = torch.from_numpy(scan.kspace[slice_num]) / s
-    m = torch.from_numpy(scan.mask[slice_num])
-    hk, wk = k.shape[-2:]
-    if (hk, wk) == (h, w):
-        return k, m[None]
-    if hk < h or wk < w:
-        raise ValueError(f"{scan.fname}: its {hk}x{wk} matrix is smaller than the model's LR grid {h}x{w}")
-    image = center_crop_2d(ifft2c(k), (h, w))
+    h, w = _check_grid(scan, lr_grid)
+    wk = scan.kspace.shape[-1]
     if not with_mask:
-        return fft2c(image), None
+        k = torch.from_numpy(scan.kspace[slice_num]) / s
+        return (k if tuple(k.shape[-2:]) == (h, w) else fft2c(center_crop_2d(ifft2c(k), (h, w)))), None
     if wk != w:
         raise ValueError(f"{scan.fname}: its phase encode is oversampled ({wk} columns for a {w}-column grid), so "
                          f"its sampling mask has no equivalent on the model's grid; a model with data consistency "
                          f"or complex input cannot use it (a magnitude model can)")
-    if not torch.equal(m, m[:1].expand_as(m)):
-        raise ValueError(f"{scan.fname}: a mask that varies along the oversampled readout cannot be cropped")
-    return fft2c(image) * m[:1], m[:1].expand(h, w)[None].contiguous()
+    return _on_model_rows(scan, slice_num, s, h)
 
 
 def phase_encode_samples(scan: LrScan, slice_num: int, scale: int, lr_grid: Tuple[int, int]
@@ -294,19 +311,11 @@ def phase_encode_samples(scan: LrScan, slice_num: int, scale: int, lr_grid: Tupl
     :class:`~iconet_fastmri.physics.operators.PhaseEncodeOversampling`.
     """
     s = check_scale(scale)
-    h, w = int(lr_grid[0]), int(lr_grid[1])
-    k = torch.from_numpy(scan.kspace[slice_num]) / s
-    m = torch.from_numpy(scan.mask[slice_num])
-    hk, wk = k.shape[-2:]
-    if hk < h or wk <= w:
-        raise ValueError(f"{scan.fname}: its {hk}x{wk} matrix does not oversample the phase encode of the model's "
-                         f"LR grid {h}x{w}")
-    if hk != h:
-        if not torch.equal(m, m[:1].expand_as(m)):
-            raise ValueError(f"{scan.fname}: a mask that varies along the oversampled readout cannot be cropped")
-        k = fft2c(center_crop_2d(ifft2c(k), (h, wk))) * m[:1]
-        m = m[:1].expand(h, wk)
-    return k, m[None].contiguous()
+    h, w = _check_grid(scan, lr_grid)
+    if scan.kspace.shape[-1] == w:
+        raise ValueError(f"{scan.fname}: its {scan.kspace.shape[-2]}x{w} matrix does not oversample the phase encode "
+                         f"of the model's LR grid {h}x{w}")
+    return _on_model_rows(scan, slice_num, s, h)
 
 
 def _band_projection(images: torch.Tensor, band: Tuple[int, int]) -> torch.Tensor:

@@ -59,7 +59,7 @@ def dc_residual(sr: torch.Tensor, measured: torch.Tensor, mask: torch.Tensor,
 
 
 def oversampled_input(kspace: torch.Tensor, samples: torch.Tensor, mask: torch.Tensor, in_chans: int, uses_dc: bool,
-                      estimate_maps: MapEstimator) -> NetworkInput:
+                      estimate_maps: MapEstimator) -> Tuple[NetworkInput, PhaseEncodeOversampling]:
     """The network input of a phase-encode oversampled scan, with data consistency through its own samples.
 
     ``kspace`` ``(B, C, h, w)``: the zero-filled image cropped to the model's grid
@@ -69,7 +69,7 @@ def oversampled_input(kspace: torch.Tensor, samples: torch.Tensor, mask: torch.T
     the wide grid (its calibration lines) and cropped to the model's field of view. Data
     consistency (:class:`~iconet_fastmri.physics.operators.PhaseEncodeOversampling`) keeps what
     lies outside the field of view at the zero-filled image's content there: its samples are
-    subtracted from the measurements.
+    subtracted from the measurements. Returns the input and the scan's ``E``.
     """
     encoding = PhaseEncodeOversampling(mask, kspace.shape[-2:])
     inside = slice(encoding.start, encoding.start + encoding.grid[1])
@@ -84,7 +84,7 @@ def oversampled_input(kspace: torch.Tensor, samples: torch.Tensor, mask: torch.T
         inputs.dc = {"measured_kspace": samples - fft2c(outside) * mask, "mask": mask, "encoding": encoding}
         if maps is not None:
             inputs.dc["maps"] = maps
-    return inputs
+    return inputs, encoding
 
 
 def reconstruct_chunk(module: Any, chunk: Any) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
@@ -97,8 +97,8 @@ def reconstruct_chunk(module: Any, chunk: Any) -> Tuple[torch.Tensor, Dict[str, 
     estimator = module.map_estimator()
     encoding = None
     if chunk.oversampled:
-        inputs = oversampled_input(chunk.kspace, chunk.samples, chunk.mask, module.in_chans, module.uses_dc, estimator)
-        encoding = PhaseEncodeOversampling(chunk.mask, chunk.kspace.shape[-2:])
+        inputs, encoding = oversampled_input(chunk.kspace, chunk.samples, chunk.mask, module.in_chans, module.uses_dc,
+                                             estimator)
     else:
         inputs = measured_input(chunk.kspace, chunk.mask, module.in_chans, module.uses_dc, estimator)
     out = module(inputs)

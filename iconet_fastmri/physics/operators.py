@@ -257,9 +257,6 @@ class PhaseEncodeOversampling(LinearOperator):
                              f"{self.grid[0]} rows and at least its {self.grid[1]} columns")
         self.start = (self.wide[1] - self.grid[1]) // 2
 
-    def to(self, device: torch.device) -> "PhaseEncodeOversampling":
-        return PhaseEncodeOversampling(self.mask.to(device), self.grid)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Model-grid LR k-space ``(..., h, w)`` -> acquired samples ``(..., h, w_k)``."""
         image = ifft2c(x)

@@ -221,3 +221,26 @@ def test_cli_predict_on_acquired_files_writes_what_run_inference_writes(tmp_path
     assert [r["file"] for r in table] == [r["file"] for r in rows] and table[0]["output_grid"] == "32x32"
     with pytest.raises(ValueError, match="holds low-resolution acquisitions .* no targets"):
         main(_predict_args(tmp_path, ckpt, lr, None, stage="validate") + ["--data.val_path", str(lr)])
+
+
+def test_a_mask_varying_along_an_oversampled_readout_in_any_slice_is_refused_at_start(tmp_path):
+    """Checked on every slice when the folder is read, not on the first one only (then mid-run, after work)."""
+    from iconet_fastmri.data.lr_dataset import AcquiredChunks
+    from iconet_fastmri.demo import write_fastmri_dataset
+
+    src = tmp_path / "src"
+    write_fastmri_dataset(src, "singlecoil", num_volumes=1, slices=3, recon_size=(32, 32), seed=6)
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    name = next(src.glob("*.h5")).name
+    write_lr_file(src / name, lr / name, 2, create_mask(**RANDOM_R4))
+    with h5py.File(lr / name, "r+") as f:  # slice 2 loses one readout row: its mask varies along the readout
+        kspace, mask = f["kspace"][()], np.broadcast_to(f["mask"][()][:, None, :], f["kspace"].shape).copy()
+        assert kspace.shape[-2] > 16  # the readout is oversampled (32 rows for a 16-row grid)
+        mask[2, 5] = 0
+        kspace[2, 5] = 0
+        del f["mask"], f["kspace"]
+        f["mask"], f["kspace"] = mask.astype(np.float32), kspace
+    AcquiredChunks(lr, 2, needs_mask=False)  # a magnitude model without DC takes the input alone
+    with pytest.raises(ValueError, match=rf"{name}: a mask that varies along the oversampled readout"):
+        AcquiredChunks(lr, 2, needs_mask=True, batch_size=1)
