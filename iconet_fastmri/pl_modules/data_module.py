@@ -437,8 +437,11 @@ class IconetDataModule(pl.LightningDataModule):
         return DataLoader(dataset, **options)
 
     def _train_progress(self) -> tuple:
-        loop = self.trainer.fit_loop
-        return loop.epoch_progress.current.processed, loop.epoch_loop.batch_progress.current.processed
+        # (epoch, batches trained in it). Lightning counts an epoch processed before its end-of-epoch saves:
+        # then the epoch it names is the next one, and nothing of it was trained (whatever limit_train_batches).
+        epochs, loop = self.trainer.fit_loop.epoch_progress.current, self.trainer.fit_loop
+        ended = epochs.processed == epochs.started
+        return epochs.processed, 0 if ended else loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -94,3 +94,21 @@ def test_predictions_are_written_once_per_volume_by_the_rank_that_owns_it(tmp_pa
             assembler.finish()
         assert sorted(writes) == sorted(sizes.items()), writes  # each volume once, whole
         writes.clear()
+
+
+def test_a_save_at_the_end_of_a_shortened_epoch_resumes_the_next_epoch_whole(data):
+    """Review: with limit_train_batches (N below the loader's length) an end-of-epoch save recorded
+    (next epoch, N batches), and the resumed run skipped N batches of an epoch it had not started."""
+    from types import SimpleNamespace
+
+    dm = IconetDataModule(data_path=str(data), hr_crop=(32, 32), batch_size=2, num_workers=0, use_dataset_cache=False)
+    dm.setup("fit")
+    counters = SimpleNamespace(started=1, processed=0)  # mid-epoch 0, one batch of three trained
+    batches = SimpleNamespace(processed=1)
+    dm.trainer = SimpleNamespace(world_size=1, global_rank=0, fit_loop=SimpleNamespace(
+        epoch_progress=SimpleNamespace(current=counters), epoch_loop=SimpleNamespace(
+            batch_progress=SimpleNamespace(current=batches))))
+    loader = dm.train_dataloader()
+    assert len(loader) == 3 and loader.state_dict()["samples"] == 2
+    counters.processed = 1  # epoch 0 ended after 1 batch (limit_train_batches=1); its end-of-epoch save
+    assert loader.state_dict() == {"sampler": "EpochSampler", "epoch": 1, "samples": 0}
