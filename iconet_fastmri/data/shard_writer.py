@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 import h5py
 import numpy as np
@@ -25,8 +25,6 @@ from .shards import (_SPLIT_NAME, MANIFEST, SHARD_FORMAT, SHARD_VERSION, ShardSe
                      encode_slice, read_manifest)
 from .transforms import file_target, hr_coil_images
 from ..physics.degradation import simulate
-from ..physics.fft import fft2c
-from ..physics.operators import crop_kspace
 from ..physics.sense import espirit_maps
 
 __all__ = ["prepare_shards"]
@@ -34,22 +32,21 @@ __all__ = ["prepare_shards"]
 _PART = "part-{:05d}"
 
 
-def lr_espirit_maps(lr_kspace: Optional[torch.Tensor], images: torch.Tensor, settings: ShardSettings,
-                    where: str) -> torch.Tensor:
-    """ESPIRiT maps on the LR grid of ``settings.espirit = (scale, lines)`` from HR-grid coil images.
+def lr_espirit_maps(lr_kspace: torch.Tensor, settings: ShardSettings, where: str) -> torch.Tensor:
+    """ESPIRiT maps on the LR grid of ``settings.espirit = (scale, lines)`` from the slice's LR k-space.
 
-    The LR k-space is the acquisition's ``T F x`` (``lr_kspace``, when already computed for the
-    slice), else the truncation's central ``hr_crop / scale`` block (``crop_kspace``); its calibration region is the full-height band of the ``lines``
-    central columns (fastMRI's 1D masks acquire it whole). A region too small for ESPIRiT is
-    refused, naming the slice (:func:`~iconet_fastmri.physics.sense.espirit_maps`).
+    ``lr_kspace`` is the acquisition's ``T F x`` at that scale (the compact layout's own when it
+    has one; :class:`~.shards.ShardSettings` refuses two scales); its calibration region is the
+    full-height band of the ``lines`` central columns (fastMRI's 1D masks acquire it whole). A
+    region too small for ESPIRiT is refused, naming the slice
+    (:func:`~iconet_fastmri.physics.sense.espirit_maps`).
     """
-    scale, lines = settings.espirit
-    lr = (settings.hr_crop[0] // scale, settings.hr_crop[1] // scale)
-    kspace = crop_kspace(fft2c(images), lr) if lr_kspace is None else lr_kspace  # ESPIRiT ignores the intensity factor
-    band = torch.zeros(lr[1])
-    start = (lr[1] - lines + 1) // 2  # centred like fastMRI's mask functions: (w - lines + 1) // 2
+    lines = settings.espirit[1]
+    w = lr_kspace.shape[-1]
+    band = torch.zeros(w)
+    start = (w - lines + 1) // 2  # centred like fastMRI's mask functions: (w - lines + 1) // 2
     band[start:start + lines] = 1
-    return torch.from_numpy(espirit_maps((kspace * band).numpy(), lines, where=where))
+    return torch.from_numpy(espirit_maps((lr_kspace * band).numpy(), lines, where=where))
 
 
 def _volume_entry(dataset: IconetSliceDataset, fname: str, samples: List[FastMRIRawDataSample]) -> Dict[str, Any]:
@@ -96,7 +93,7 @@ def _write_part(dataset: IconetSliceDataset, volumes: Dict[str, List[FastMRIRawD
                 if s is not None:  # the training path's own first results: its LR k-space and stage targets
                     deg = simulate(images[None], torch.ones(1, 1, images.shape[-2] // s, images.shape[-1] // s), s)
                 maps = None if settings.espirit is None else lr_espirit_maps(
-                    deg.lr_kspace[0] if settings.espirit[0] == s else None, images, settings, f"{fname}, slice {i}")
+                    deg.lr_kspace[0], settings, f"{fname}, slice {i}")
                 if settings.compact_scale is None:
                     item = encode_slice(images, target, i, settings.precision, maps)
                 else:

@@ -58,6 +58,7 @@ import torch
 from fastmri.data.mri_data import FastMRIRawDataSample
 
 from ..io import temporary_name
+from ..physics.operators import lr_shape_for
 from ..physics.sense import ESPIRIT_KERNEL
 from .dataset import IconetSliceDataset, subsample_slices
 from .samplers import reseed_sample
@@ -114,18 +115,21 @@ class ShardSettings:
         object.__setattr__(self, "hr_crop", (int(self.hr_crop[0]), int(self.hr_crop[1])))
         if self.espirit is not None:
             scale, lines = (int(v) for v in self.espirit)
-            if self.challenge != "multicoil" or scale < 1 or self.hr_crop[0] % scale or self.hr_crop[1] % scale:
-                raise ValueError(f"ESPIRiT maps need multicoil data and a scale dividing hr_crop {self.hr_crop}, "
-                                 f"got {self.challenge}, scale {scale}")
+            if self.challenge != "multicoil":
+                raise ValueError(f"ESPIRiT maps need multicoil data, got {self.challenge}")
+            lr_shape_for(self.hr_crop, scale)  # a supported scale dividing hr_crop, else a ValueError naming both
             if lines < 2 * ESPIRIT_KERNEL:  # refused before any file is read (espirit_maps would, per slice)
                 raise ValueError(f"ESPIRiT needs a calibration region of at least {2 * ESPIRIT_KERNEL} fully sampled "
                                  f"lines for its {ESPIRIT_KERNEL}x{ESPIRIT_KERNEL} kernel; these settings give {lines}")
             object.__setattr__(self, "espirit", (scale, lines))
         if self.compact_scale is not None:
             scale = int(self.compact_scale)
-            if scale < 2 or self.hr_crop[0] % scale or self.hr_crop[1] % scale or self.precision != "complex64":
-                raise ValueError(f"the compact layout needs a scale >= 2 dividing hr_crop {self.hr_crop} and "
-                                 f"complex64 precision, got scale {self.compact_scale}, {self.precision}")
+            lr_shape_for(self.hr_crop, scale)
+            if self.precision != "complex64":
+                raise ValueError(f"the compact layout stores complex64, got precision {self.precision}")
+            if self.espirit is not None and self.espirit[0] != scale:  # a run has one scale: no run could read it
+                raise ValueError(f"compact scale {scale} and ESPIRiT scale {self.espirit[0]} differ; "
+                                 f"one shard set serves one scale")
             object.__setattr__(self, "compact_scale", scale)
 
     def as_json(self) -> Dict[str, Any]:

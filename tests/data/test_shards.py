@@ -237,8 +237,32 @@ def test_the_data_module_reads_shards_as_it_reads_hdf5(multicoil_dir, multicoil_
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX paths")
-def test_prepare_writes_nothing_into_the_source(multicoil_dir, multicoil_shards):
+def test_prepare_writes_nothing_into_the_source(multicoil_dir, multicoil_shards, tmp_path):
     assert sorted(p.suffix for p in multicoil_dir.iterdir()) == [".h5", ".h5"]
+    import hashlib
+
+    def state():
+        return {p.name: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in multicoil_dir.iterdir()}
+
+    before = state()
+    prepare_shards({"val": multicoil_dir}, tmp_path / "again", ShardSettings("multicoil", GRID), progress=False)
+    assert state() == before  # not a byte nor a timestamp of the source changed
+
+
+def test_settings_no_run_could_read_are_refused_before_any_file_is_read():
+    """Review: these were accepted, and failed at the first slice after the value scan (scale 3), or were
+    refused by every run after the whole set was written (scale 1, two scales)."""
+    with pytest.raises(ValueError, match="unsupported scale 1"):
+        ShardSettings("multicoil", (320, 320), espirit=(1, 20))
+    with pytest.raises(ValueError, match="unsupported scale 3"):
+        ShardSettings("multicoil", (321, 321), compact_scale=3)
+    with pytest.raises(ValueError, match="not divisible by the scale 4"):
+        ShardSettings("multicoil", (322, 320), compact_scale=4)
+    with pytest.raises(ValueError, match="compact scale 2 and ESPIRiT scale 4 differ"):
+        ShardSettings("multicoil", (320, 320), espirit=(4, 20), compact_scale=2)
+    with pytest.raises(ValueError, match="complex64"):
+        ShardSettings("multicoil", (320, 320), compact_scale=2, precision="float16")
+    assert ShardSettings("multicoil", (320, 320), espirit=(2, 20), compact_scale=2).espirit == (2, 20)
 
 
 @pytest.fixture(scope="module")

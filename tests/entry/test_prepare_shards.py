@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
+from iconet_fastmri.data.shards import MANIFEST
 from iconet_fastmri.demo import write_fastmri_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,9 +59,12 @@ def test_prepare_shards_then_train_gives_the_hdf5_run(tmp_path):
     assert "val: 2 volume(s), 4 slice(s) in 2 part(s)" in proc.stdout
     assert {p: p.stat().st_mtime_ns for p in data.rglob("*")} == before  # nothing written into the source
 
+    written = {p: p.stat().st_mtime_ns for p in shards.rglob("*") if p.is_file()}
     again = _run(tmp_path, "prepare_shards.py", "--data_path", data, "--challenge", "multicoil",
                  "--hr_crop", 32, 32, "--out", shards, "--volumes_per_part", 1, "--chunk_bytes", "64KB")
     assert again.returncode == 0 and "train: 2 volume(s)" in again.stdout  # finished: nothing to redo
+    assert {p: p.stat().st_mtime_ns for p in shards.rglob("*") if p.is_file() and p.name != MANIFEST} == {
+        p: t for p, t in written.items() if p.name != MANIFEST}  # no part rewritten
     # The compact layout and ESPIRiT flags from the command line: a compact set is written; ESPIRiT from
     # round(16 * 0.25) = 4 centre lines is refused at start-up, as a message, before anything is written.
     compact = _run(tmp_path, "prepare_shards.py", "--data_path", data, "--challenge", "multicoil", "--hr_crop", 32, 32,
