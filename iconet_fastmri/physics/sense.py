@@ -164,10 +164,9 @@ def espirit_maps(kspace: np.ndarray, calib_width: int, thresh: float = 0.02, cro
     if not check:
         return maps
     h, w = kspace.shape[-2:]
-    block = np.zeros_like(kspace)
-    r0, c0 = (h - min(calib_width, h)) // 2, (w - min(calib_width, w)) // 2
-    block[:, r0:r0 + calib_width, c0:c0 + calib_width] = kspace[:, r0:r0 + calib_width, c0:c0 + calib_width]
-    low = rss(ifft2c(torch.from_numpy(block))[None])[0, 0].numpy()
+    square = (min(calib_width, h), min(calib_width, w))  # centred as sigpy's and the truncation's (N//2 - n//2)
+    block = pad_kspace(crop_kspace(torch.from_numpy(kspace), square), (h, w))  # a constant factor: thresholds are relative
+    low = rss(ifft2c(block)[None])[0, 0].numpy()
     # The object: above 20 % of the maximum, where there is one. A slice of noise alone (a volume's
     # edge) has none, and ESPIRiT rightly gives it no maps: its maximum is ~2x its 10th percentile
     # (measured, 8 coils), an object's 40-70x on the phantoms; below 5x no pixel counts as object.
