@@ -14,8 +14,8 @@ number of steps, and reads the last validation on whole slices:
   slice and only the loss is cut to the patch (:class:`WholeSliceContext`). It saves no memory;
   it separates what patch training changes in the *loss* (which rows are supervised, how many
   slices per step) from what it changes in what the *network sees*;
-* ``patches, eval_window``: the ``patches`` checkpoint of a model with ``eval_window``
-  (U-Net SR) validated on LR windows of its patch.
+* ``patches, eval_window [h, w]``: the ``patches`` checkpoint of U-Net SR validated on LR windows
+  (``UnetSR.eval_window``), ``h`` from ``--eval_rows`` (default: the patch's rows / scale).
 
 Writes OUT/<run>/metrics.json per run (a finished run is not redone) and OUT/study.md, and
 prints the table with the gap of each row to ``full`` (mean over seeds).
@@ -63,25 +63,14 @@ class WholeSliceContext(IconetModule):
         return loss
 
 
-def fit_once(run_dir: Path, fit_args: List[str], context: bool) -> Dict[str, float]:
-    """One ``fit`` through the package's CLI; the last validation's metrics."""
+def cli_once(subcommand: str, run_dir: Path, args: List[str], context: bool = False) -> Dict[str, float]:
+    """One ``fit`` or ``validate`` through the package's CLI; the metrics of its last validation."""
     from iconet_fastmri.cli import IconetCLI
     from iconet_fastmri.pl_modules import IconetDataModule
 
     cli = IconetCLI(WholeSliceContext if context else IconetModule, IconetDataModule,
                     save_config_kwargs={"overwrite": True}, parser_kwargs={"parser_mode": "yaml"},
-                    args=["fit", *fit_args, "--trainer.default_root_dir", str(run_dir), "--trainer.logger", "false",
-                          "--trainer.enable_progress_bar", "false"])
-    return {k.split("/", 1)[1]: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
-
-
-def validate_once(run_dir: Path, args: List[str]) -> Dict[str, float]:
-    from iconet_fastmri.cli import IconetCLI
-    from iconet_fastmri.pl_modules import IconetDataModule
-
-    cli = IconetCLI(IconetModule, IconetDataModule, save_config_kwargs={"overwrite": True},
-                    parser_kwargs={"parser_mode": "yaml"},
-                    args=["validate", *args, "--trainer.default_root_dir", str(run_dir), "--trainer.logger", "false",
+                    args=[subcommand, *args, "--trainer.default_root_dir", str(run_dir), "--trainer.logger", "false",
                           "--trainer.enable_progress_bar", "false"])
     return {k.split("/", 1)[1]: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
 
@@ -101,10 +90,11 @@ def plan(args: argparse.Namespace) -> List[dict]:
             for variant in args.variants:
                 runs.append({"name": f"{model}_{variant}_s{seed}", "model": model, "variant": variant, "seed": seed,
                              "kind": "fit", "args": full if variant == "full" else patch, "context": variant == "context"})
-            if model == "unet_sr" and "patches" in args.variants:
-                window = f"[{ph // args.scale}, {pw // args.scale}]"
-                runs.append({"name": f"{model}_patches-window_s{seed}", "model": model,
-                             "variant": "patches, eval_window", "seed": seed, "kind": "validate",
+            for rows in (args.eval_rows or [ph // args.scale]) if model == "unet_sr" and "patches" in args.variants else ():
+                window = f"[{rows}, {pw // args.scale}]"
+                suffix = "" if rows == ph // args.scale else f"{rows}"
+                runs.append({"name": f"{model}_patches-window{suffix}_s{seed}", "model": model,
+                             "variant": f"patches, eval_window {window}", "seed": seed, "kind": "validate",
                              "after": f"{model}_patches_s{seed}",
                              "args": [*args.config_args, "--model.model", MODELS[model], *args.extra,
                                       "--model.model.init_args.eval_window", window]})
@@ -117,10 +107,10 @@ def run_one(out: Path, run: dict) -> Dict[str, float]:
     if done.is_file():
         return json.loads(done.read_text())
     if run["kind"] == "fit":
-        metrics = fit_once(run_dir, run["args"], run["context"])
+        metrics = cli_once("fit", run_dir, run["args"], run["context"])
     else:
         ckpt = out / run["after"] / "checkpoints" / "last.ckpt"
-        metrics = validate_once(run_dir, [*run["args"], "--ckpt_path", str(ckpt)])
+        metrics = cli_once("validate", run_dir, [*run["args"], "--ckpt_path", str(ckpt)])
     run_dir.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(metrics, indent=1))
     return metrics
@@ -166,6 +156,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--batch_size", type=int, default=4, help="full-slice batch; patches get k times it")
     p.add_argument("--epochs", type=int, default=10, help="full-slice epochs; patches get k times them")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--eval_rows", nargs="+", type=int, default=None,
+                   help="U-Net SR: LR rows of the eval_window validations of its patch checkpoint "
+                        "(default: the patch's, patch rows / scale)")
     p.add_argument("--jobs", type=int, default=1, help="runs side by side, one thread each")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                    help="further CLI arguments for every run (last on the command line)")

@@ -127,8 +127,10 @@ class UnetSR(SRModel):
         eval_window: ``[h, w]`` on the LR grid: outside training, run the U-Net on overlapping
             windows of this size, blended with linear ramps (:func:`windowed`), instead of on the
             whole slice. fastMRI's U-Net normalises its features over what it sees (InstanceNorm);
-            a model trained on patches (``data.patch_size``, HR) then meets the statistics it was
-            trained on. Set it to the LR patch, ``patch_size / scale``. ``None``: whole slices.
+            a model trained on patches (``data.patch_size``, HR) then sees windows like those it
+            was trained on. On the demo, windows 1.5 times the LR patch's rows (its full width)
+            brought patch training within 0.2 dB / 0.01 SSIM of whole-slice training, where whole
+            slices fell 0.016 SSIM short (docs/REAL_DATA.md, "Patch training"). ``None``: whole slices.
     """
 
     #: Init args that change how the network runs, not its weights: a checkpoint's may be overridden.

@@ -79,19 +79,21 @@ def test_the_context_control_runs_the_whole_slice_and_supervises_only_the_patch(
 
 def test_the_study_runs_from_the_command_line_and_does_not_redo_finished_runs(tmp_path):
     args = [sys.executable, str(SCRIPT), "--out", str(tmp_path / "out"), "--models", "unet_sr", "--epochs", "1",
+            "--eval_rows", "32", "48",
             "--extra", "--data.data_path", str(tmp_path / "demo"), "--data.demo_volumes", "[2, 1]",
             "--data.demo_slices", "2", "--model.model.init_args.chans", "4",
             "--model.model.init_args.num_pool_layers", "2"]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (tmp_path / "out" / "study.md").read_text()
-    for variant in ("| full |", "| patches |", "| context |", "| patches, eval_window |"):
+    for variant in ("| full |", "| patches |", "| context |", "| patches, eval_window [32, 64] |",
+                    "| patches, eval_window [48, 64] |"):
         assert variant in table, table
     assert table in proc.stdout
     metrics = json.loads((tmp_path / "out" / "unet_sr_context_s0" / "metrics.json").read_text())
     assert 0 < metrics["psnr"] < 100 and 0 < metrics["ssim"] <= 1
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*/metrics.json")}
-    assert len(stamps) == 4
+    assert len(stamps) == 5
     again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
