@@ -51,6 +51,8 @@ class WholeSliceContext(IconetModule):
 
         if batch.patch is None or whole_slices(batch.patch, batch.hr_images.shape):
             return super().training_step(batch, batch_idx)
+        if self.hparams.lambda_phase > 0:
+            raise ValueError("the context control supervises magnitudes only: set model.lambda_phase 0")
         deg = self.degrade(batch)
         inputs = self.model_input(deg, batch.maps)
         out = self(inputs)
