@@ -37,6 +37,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from iconet_fastmri.io import run_script
+from iconet_fastmri.models.patches import cut_patches, whole_slices
 from iconet_fastmri.pl_modules import IconetModule
 
 MODELS = {"unet_sr": "UnetSR", "iconet": "ICONet"}
@@ -47,8 +48,6 @@ class WholeSliceContext(IconetModule):
     """Control: the network sees the whole slice; the loss only the patch's rows and columns."""
 
     def training_step(self, batch, batch_idx):
-        from iconet_fastmri.models.patches import cut_patches, whole_slices
-
         if batch.patch is None or whole_slices(batch.patch, batch.hr_images.shape):
             return super().training_step(batch, batch_idx)
         if self.hparams.lambda_phase > 0:

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from iconet_fastmri.demo import write_fastmri_dataset
 from iconet_fastmri.models import ICONet, UnetSR
 from iconet_fastmri.pl_modules import IconetDataModule, IconetModule
 
@@ -32,12 +31,8 @@ def _script():
 
 
 @pytest.fixture(scope="module")
-def batch(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gap")
-    write_fastmri_dataset(root / "singlecoil_train", "singlecoil", num_volumes=2, slices=4, recon_size=(32, 32), seed=5)
-    write_fastmri_dataset(root / "singlecoil_val", "singlecoil", num_volumes=1, slices=2, recon_size=(32, 32), seed=6,
-                          first_index=20)
-    dm = IconetDataModule(data_path=str(root), scale=2, hr_crop=(32, 32), patch_size=(16, 32), batch_size=4,
+def batch(patch_data):
+    dm = IconetDataModule(data_path=str(patch_data), scale=2, hr_crop=(64, 64), patch_size=(32, 64), batch_size=4,
                           num_workers=0, use_dataset_cache=False,
                           mask={"name": "random", "center_fractions": [0.08], "accelerations": [4]})
     dm.setup("fit")

@@ -21,15 +21,6 @@ from iconet_fastmri.pl_modules import IconetDataModule
 RANDOM_R4 = {"name": "random", "center_fractions": [0.08], "accelerations": [4]}
 
 
-@pytest.fixture(scope="module")
-def patch_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("patch")
-    write_fastmri_dataset(root / "singlecoil_train", "singlecoil", num_volumes=8, slices=4, recon_size=(64, 64), seed=3)
-    write_fastmri_dataset(root / "singlecoil_val", "singlecoil", num_volumes=2, slices=4, recon_size=(64, 64), seed=4,
-                          first_index=50)
-    return root
-
-
 def _dm(root, **kw):
     kw.setdefault("mask", RANDOM_R4)
     return IconetDataModule(data_path=str(root), scale=2, hr_crop=(64, 64), num_workers=0, use_dataset_cache=False, **kw)
