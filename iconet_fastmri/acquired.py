@@ -19,8 +19,9 @@ its samples on its own wider grid for data consistency
 (:func:`~iconet_fastmri.models.measured.oversampled_input`,
 :class:`~iconet_fastmri.physics.operators.PhaseEncodeOversampling`; docs/ACQUIRED.md).
 The files are read through :class:`~iconet_fastmri.data.lr_dataset.AcquiredChunks`
-and reconstructed by :func:`~iconet_fastmri.models.measured.reconstruct_chunk`, as the
-CLI's ``predict`` on such a folder does.
+and reconstructed by the module's ``predict_step``
+(:func:`~iconet_fastmri.models.measured.reconstruct_chunk`), as the CLI's ``predict`` on
+such a folder does.
 
 Refused before any work, naming the file and the numbers: a file written for another
 scale (its ``lr_scale``), a header that disagrees with the array (see
@@ -36,11 +37,10 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
-from .data.lr_dataset import AccelerationWarning, AcquiredChunks, check_volumes
-from .divergence import check_finite_reconstruction
+from .data.lr_dataset import AccelerationWarning, AcquiredChunks
 from .inference import load_method
 from .io import check_outputs_apart
-from .models.measured import dc_residual, reconstruct_chunk
+from .models.measured import dc_residual
 from .predictions import VolumeAssembler, acquired_attributes, check_writable, write_acquired_table
 
 __all__ = ["reconstruct_acquired", "dc_residual", "AccelerationWarning"]
@@ -70,17 +70,15 @@ def reconstruct_acquired(
                               f"(e.g. {existing[0]}); pass --overwrite to replace them")
     module, trained, method = load_method(checkpoint, None, None)
     scale = int(module.scale)
-    dataset = AcquiredChunks(data_path, scale, module.in_chans == 2 or module.uses_dc, batch_size)  # every file checked
-    check_volumes(dataset.volumes, scale, module.acquisition)  # still before any work
+    dataset = AcquiredChunks.for_module(data_path, module, batch_size)  # every file checked, before any work
     device_t = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     module = module.to(device_t).eval()
     assembler = VolumeAssembler(out_dir, dataset.slices_per_volume(), acquired_attributes(method, str(checkpoint), scale),
                                 {v.fname: str(v.attrs.get("acquisition", "")) for v in dataset.volumes})
     with torch.inference_mode():
-        for chunk in dataset:
-            sr, extras = reconstruct_chunk(module, chunk.to(device_t))
-            sr = sr.float().cpu().numpy()
-            check_finite_reconstruction(sr, [chunk.fname] * len(sr), chunk.slice_num.tolist(), method)
-            assembler.add_acquired(chunk, sr, {k: v.float().cpu().numpy() for k, v in extras.items()})
+        for i, chunk in enumerate(dataset):  # the CLI's predict step: reconstruct_chunk, finite or refused
+            out = module.predict_step(chunk.to(device_t), i)
+            extras = {k: v.float().numpy() for k, v in out.items() if k not in ("fname", "slice_num", "reconstruction")}
+            assembler.add_acquired(chunk, out["reconstruction"].numpy(), extras)
     written = assembler.finish()
     return written, write_acquired_table(out_dir, dataset.volumes, assembler.volume_attrs, scale)

@@ -281,7 +281,9 @@ class PredictionWriter(BasePredictionWriter):
         assert self.assembler is not None
         images = prediction["reconstruction"].float().numpy()
         if isinstance(batch, AcquiredChunk):
-            self.assembler.add_acquired(batch, images, {k: prediction[k].float().cpu().numpy() for k in ("dc_residual",)})
+            extras = {k: v.float().cpu().numpy() for k, v in prediction.items()
+                      if k not in ("fname", "slice_num", "reconstruction")}
+            self.assembler.add_acquired(batch, images, extras)
             return
         self.assembler.add_batch(prediction["fname"], prediction["slice_num"], images, batch.mask)
 

@@ -26,10 +26,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..physics.fft import fft2c, ifft2c
-from ..physics.masks import undersampled_axes
+from ..physics.masks import effective_acceleration, undersampled_axes
+from ..physics.operators import PhaseEncodeOversampling, check_scale
 from .lr_files import LrScan, model_grid_kspace, phase_encode_samples, read_lr_file
-from .transforms import center_crop_2d
 
 __all__ = ["AcquiredVolume", "AcquiredChunk", "AcquiredChunks", "AccelerationWarning", "check_volumes"]
 
@@ -45,7 +44,6 @@ class AcquiredVolume:
 
     path: Path
     slices: int
-    encoded: Tuple[int, int]
     recon: Tuple[int, int]
     attrs: Dict[str, Any]
     acceleration: float
@@ -101,7 +99,7 @@ class AcquiredChunks(Dataset):
 
     def __init__(self, folder: Union[str, Path], scale: int, needs_mask: bool, batch_size: int = 8) -> None:
         self.folder = Path(folder)
-        self.scale = int(scale)
+        self.scale = check_scale(scale)
         self.needs_mask = bool(needs_mask)
         files = sorted(self.folder.glob("*.h5"))
         if not files:
@@ -119,13 +117,17 @@ class AcquiredChunks(Dataset):
         two_d = _undersampled_rows(scan.mask)
         if self.needs_mask and scan.encoded[0] != scan.recon[0] and two_d:  # any slice, not only the first
             raise ValueError(f"{path.name}: a mask that varies along the oversampled readout cannot be cropped")
-        if oversampled:  # the grid and samples the model needs exist (refusals name the file)
-            phase_encode_samples(scan, 0, self.scale, scan.recon)
-        else:
-            model_grid_kspace(scan, 0, self.scale, scan.recon, with_mask=self.needs_mask)
-        rate = float(scan.mask.size / max(float(scan.mask.sum()), 1.0))
-        return AcquiredVolume(path, int(scan.kspace.shape[0]), scan.encoded, scan.recon, scan.attrs, rate,
-                              two_d, oversampled)
+        # read_lr_file checked the grid (recon within encoded) and that every slice acquires samples
+        return AcquiredVolume(path, int(scan.kspace.shape[0]), scan.recon, scan.attrs,
+                              effective_acceleration(torch.from_numpy(scan.mask)), two_d, oversampled)
+
+    @classmethod
+    def for_module(cls, folder: Union[str, Path], module: Any, batch_size: int = 8) -> "AcquiredChunks":
+        """The chunks ``module`` (an :class:`~iconet_fastmri.pl_modules.IconetModule`) reconstructs, every file
+        checked against it (:func:`check_volumes`) before any work."""
+        dataset = cls(folder, module.scale, module.in_chans == 2 or module.uses_dc, batch_size)
+        check_volumes(dataset.volumes, dataset.scale, module.acquisition)
+        return dataset
 
     def slices_per_volume(self) -> Dict[str, int]:
         return {vol.fname: vol.slices for vol in self.volumes}
@@ -145,7 +147,7 @@ class AcquiredChunks(Dataset):
         if vol.oversampled:  # the network's input: the samples' zero-filled image cropped to the grid
             parts = [phase_encode_samples(scan, j, self.scale, vol.recon) for j in numbers]
             samples, mask = torch.stack([k for k, _ in parts]), torch.stack([m for _, m in parts])
-            kspace = fft2c(center_crop_2d(ifft2c(samples), vol.recon))
+            kspace = PhaseEncodeOversampling(mask, vol.recon).adjoint(samples)
         else:
             parts = [model_grid_kspace(scan, j, self.scale, vol.recon, with_mask=self.needs_mask) for j in numbers]
             kspace = samples = torch.stack([k for k, _ in parts])

@@ -204,7 +204,8 @@ def read_lr_file(path: Union[str, Path]) -> LrScan:
 
     The mask comes from the file's ``mask`` dataset (``(w_k,)``, ``(S, w_k)``,
     ``(h_k, w_k)`` or ``(S, h_k, w_k)``) or, without one, from the columns that
-    hold any non-zero sample (fastMRI's test files zero-fill what was not acquired).
+    hold any non-zero sample (fastMRI's test files zero-fill what was not acquired). A slice
+    that acquires nothing is refused.
     """
     path = Path(path)
     with h5py.File(path, "r") as f:
@@ -244,6 +245,9 @@ def read_lr_file(path: Union[str, Path]) -> LrScan:
     mask = np.array(np.broadcast_to(mask, (S, hk, wk)))  # a writable copy
     if not np.isin(mask, (0.0, 1.0)).all():
         raise ValueError(f"{path}: 'mask' must hold only 0 and 1")
+    empty = np.flatnonzero(mask.reshape(S, -1).max(axis=1) == 0)
+    if empty.size:
+        raise ValueError(f"{path}: slice(s) {empty[:5].tolist()} acquire no samples (an all-zero mask or k-space)")
     if np.abs(kspace * (1 - mask[:, None])).max(initial=0.0) > 0:
         raise ValueError(f"{path}: k-space is non-zero where 'mask' says nothing was acquired")
     return LrScan(kspace.astype(np.complex64, copy=False), mask, encoded, recon, path.name, attrs)

@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ..physics.fft import fft2c, ifft2c
+from ..physics.fft import fft2c
 from ..physics.operators import PhaseEncodeOversampling, rss, sinc_upsample
 from ..physics.sense import SenseOperator
 from .common import channels_to_complex
@@ -63,8 +63,7 @@ def oversampled_input(kspace: torch.Tensor, samples: torch.Tensor, mask: torch.T
     """The network input of a phase-encode oversampled scan, with data consistency through its own samples.
 
     ``kspace`` ``(B, C, h, w)``: the zero-filled image cropped to the model's grid
-    (:func:`~iconet_fastmri.data.lr_files.model_grid_kspace`, the network's input as for any
-    scan); ``samples``, ``mask`` ``(B, C|1, h, w_k)``: the scan's samples on its wide grid
+    (``E``'s adjoint of the samples, the network's input as for any scan); ``samples``, ``mask`` ``(B, C|1, h, w_k)``: the scan's samples on its wide grid
     (:func:`~iconet_fastmri.data.lr_files.phase_encode_samples`). Coil maps are estimated on
     the wide grid (its calibration lines) and cropped to the model's field of view. Data
     consistency (:class:`~iconet_fastmri.physics.operators.PhaseEncodeOversampling`) keeps what
@@ -78,10 +77,8 @@ def oversampled_input(kspace: torch.Tensor, samples: torch.Tensor, mask: torch.T
         with torch.autocast(device_type=kspace.device.type, enabled=False):
             maps = estimate_maps(samples, mask)[..., inside].contiguous()
     inputs = measured_input(kspace, mask, in_chans, False, maps=maps)
-    if uses_dc:
-        outside = ifft2c(samples)
-        outside[..., inside] = 0
-        inputs.dc = {"measured_kspace": samples - fft2c(outside) * mask, "mask": mask, "encoding": encoding}
+    if uses_dc:  # the samples less those of the outside's zero-filled content: E of the cropped image
+        inputs.dc = {"measured_kspace": encoding(kspace), "mask": mask, "encoding": encoding}
         if maps is not None:
             inputs.dc["maps"] = maps
     return inputs, encoding

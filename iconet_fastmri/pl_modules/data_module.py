@@ -40,7 +40,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.dataset import IconetSliceDataset, shared_volumes
-from ..data.lr_dataset import AcquiredChunks, check_volumes
+from ..data.lr_dataset import AcquiredChunks
 from ..data.lr_files import is_lr_acquisition_folder
 from ..data.shards import ShardSettings, ShardSliceDataset, is_remote
 from ..data.transforms import IconetDataTransform
@@ -382,9 +382,7 @@ class IconetDataModule(pl.LightningDataModule):
             raise ValueError(f"predict on the low-resolution acquisitions of {folder} runs on one device "
                              f"(--trainer.devices 1); got {trainer.world_size} processes")
         module = trainer.lightning_module
-        dataset = AcquiredChunks(folder, self.scale, module.in_chans == 2 or module.uses_dc, self.batch_size)
-        check_volumes(dataset.volumes, self.scale, module.acquisition)
-        return dataset
+        return AcquiredChunks.for_module(folder, module, self.batch_size)
 
     def _warn_shared_volumes(self) -> None:
         """Warn, naming them, about volumes in both train and val (same file name or same k-space)."""

@@ -244,3 +244,18 @@ def test_a_mask_varying_along_an_oversampled_readout_in_any_slice_is_refused_at_
     AcquiredChunks(lr, 2, needs_mask=False)  # a magnitude model without DC takes the input alone
     with pytest.raises(ValueError, match=rf"{name}: a mask that varies along the oversampled readout"):
         AcquiredChunks(lr, 2, needs_mask=True, batch_size=1)
+
+
+def test_a_slice_that_acquires_nothing_is_refused_when_the_folder_is_read(tmp_path):
+    """An all-zero slice (no mask dataset: its mask is read from the non-zero columns) used to pass with a made-up R
+    (grid size / 1) and reconstruct to nothing; now the folder is refused at start-up, naming the file and slice."""
+    from iconet_fastmri.data.lr_dataset import AcquiredChunks
+
+    hr, lr = _folders(tmp_path, create_mask(**RANDOM_R4))
+    with h5py.File(lr / "file_a.h5", "r+") as f:
+        kspace = f["kspace"][()]
+        kspace[1] = 0
+        del f["kspace"], f["mask"]
+        f["kspace"] = kspace
+    with pytest.raises(ValueError, match=r"file_a\.h5: slice\(s\) \[1\] acquire no samples"):
+        AcquiredChunks(lr, 2, needs_mask=False)

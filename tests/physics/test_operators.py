@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from fastmri.data.transforms import center_crop
 
 from helpers.adjoint import assert_adjoint
 from iconet_fastmri.physics.fft import fft2c, ifft2c
@@ -11,6 +12,7 @@ from iconet_fastmri.physics.operators import (
     crop_kspace,
     pad_kspace,
 )
+from iconet_fastmri.models.measured import oversampled_input
 from iconet_fastmri.physics.sense import sense_data_consistency
 
 
@@ -89,6 +91,9 @@ def test_phase_encode_oversampling_is_adjoint_and_is_the_mask_without_oversampli
     x = _images(2, 3, *grid, seed=6, dtype=torch.complex128)
     y = _images(2, 3, grid[0], wide, seed=7, dtype=torch.complex128)
     assert_adjoint(op, op.adjoint, x, y, rtol=1e-12)
+    # Pᴴ is fastMRI's centre crop, also for an odd margin: the adjoint of fully sampled k-space is the crop's
+    full = PhaseEncodeOversampling(torch.ones(1, 1, grid[0], wide), grid)
+    torch.testing.assert_close(full.adjoint(fft2c(y)), fft2c(center_crop(y, grid)), rtol=0, atol=1e-12)
     if wide == grid[1]:  # no oversampling: E is the mask
         torch.testing.assert_close(op(x), x * mask, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="at least its 8 columns"):
@@ -148,10 +153,10 @@ def _dc_error_by_outside_rule(reach):
         samples = fft2c(wide) * m
         estimate = inside + 0.05 * torch.randn(inside.shape, generator=torch.Generator().manual_seed(seed))
         errors["estimate"] += float((estimate - inside).norm() / inside.norm()) / 6
-        zero_filled = ifft2c(samples)
-        zero_filled[..., 4:4 + w] = 0
-        for rule, outside in (("zero-filled", zero_filled), ("zero", torch.zeros_like(zero_filled))):
-            out = sense_data_consistency(estimate, samples - fft2c(outside) * m, m, None, None, op)
+        # The shipped rule (models/measured.py): the samples less those of the outside's zero-filled content.
+        inputs, _ = oversampled_input(op.adjoint(samples), samples, m, 2, True, None)
+        for rule, measured in (("zero-filled", inputs.dc["measured_kspace"]), ("zero", samples)):
+            out = sense_data_consistency(estimate, measured, m, None, None, op)
             errors[rule] += float((out - inside).norm() / inside.norm()) / 6
     return errors
 
